@@ -1,0 +1,11 @@
+"""tornadose: Tornado publish/subscribe for very high fan-out over SSE and WebSockets.
+
+``tornadose.backend`` says which implementation of the hot paths is active:
+``"cython"`` (compiled speedups) or ``"python"`` (the pure-Python twin).
+"""
+
+from ._backend import BACKEND as backend
+
+__version__ = "1.0.0.dev0"
+
+__all__ = ["__version__", "backend"]

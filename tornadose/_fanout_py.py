@@ -1,0 +1,172 @@
+"""Fan-out, pure-Python backend: one write per subscriber per flush.
+
+A flush walks the store's subscribers once. Each subscriber whose cursor is behind the
+ring's head gets every frame between its cursor and the head in ONE write; subscribers
+at the same cursor share the joined bytes, so a burst is joined once per distinct cursor,
+not once per subscriber. A subscriber whose stream still has bytes pending is skipped and
+a one-shot drain callback brings it up to date when the stream empties. A subscriber whose
+cursor fell off the ring is *lapped*: with ``conflate`` it jumps to the newest entry,
+otherwise it is removed and its ``on_lapped`` callback runs (the store disconnects it).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+from tornado.iostream import IOStream, StreamClosedError
+
+from ._ring_py import SSE, WS, Ring
+
+# Wire formats a subscriber can take.
+FORMAT_SSE = 0  # SSE events as they are (HTTP/1.0, or a body that is not chunked)
+FORMAT_SSE_CHUNKED = 1  # SSE events inside one HTTP/1.1 chunk per write
+FORMAT_WS = 2  # WebSocket text frames
+
+
+class Sink:
+    """One fast-path subscriber: a cursor into the ring and the stream it is written to.
+
+    ``deliver``, when given, replaces raw writes: it is called with the list of pending
+    WebSocket frames (used where frames cannot go out as built, e.g. with compression).
+    """
+
+    __slots__ = ("stream", "format", "cursor", "on_lapped", "deliver", "waiting", "send")
+
+    def __init__(
+        self,
+        stream: IOStream,
+        format: int,
+        on_lapped: Callable[[], None],
+        deliver: Callable[[list[bytes]], None] | None = None,
+    ) -> None:
+        if format not in (FORMAT_SSE, FORMAT_SSE_CHUNKED, FORMAT_WS):
+            raise ValueError(f"unknown sink format {format!r}")
+        self.stream = stream
+        self.format = format
+        self.cursor = 0
+        self.on_lapped = on_lapped
+        self.deliver = deliver
+        self.waiting = False
+        # Straight to the socket only where that is provably the same as IOStream.write:
+        # a plain TCP IOStream. TLS streams (a subclass) keep their own state, so they
+        # and anything else take the IOStream path.
+        self.send = stream.socket.send if type(stream) is IOStream else None
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+class Fanout:
+    """The subscribers of one ring and the logic that writes to them."""
+
+    __slots__ = ("_ring", "conflate", "_sinks", "delivered", "writes", "lapped", "conflated")
+
+    def __init__(self, ring: Ring, conflate: bool) -> None:
+        self._ring = ring
+        self.conflate = conflate
+        self._sinks: dict[Sink, None] = {}
+        self.delivered = 0  # messages written, summed over subscribers
+        self.writes = 0
+        self.lapped = 0
+        self.conflated = 0  # messages skipped by conflation
+
+    def __len__(self) -> int:
+        return len(self._sinks)
+
+    def __iter__(self) -> Iterator[Sink]:
+        return iter(tuple(self._sinks))
+
+    def __contains__(self, sink: object) -> bool:
+        return sink in self._sinks
+
+    def add(self, sink: Sink, cursor: int) -> None:
+        """Start delivering to ``sink`` from sequence number ``cursor``."""
+        sink.cursor = cursor
+        self._sinks[sink] = None
+
+    def discard(self, sink: Sink) -> None:
+        """Stop delivering to ``sink``; unknown sinks are ignored."""
+        self._sinks.pop(sink, None)
+
+    def flush(self) -> None:
+        """Bring every subscriber up to the ring's head, one write each."""
+        cache: dict[tuple[int, int], bytes] = {}
+        for sink in tuple(self._sinks):
+            self._deliver(sink, cache)
+
+    def flush_one(self, sink: Sink) -> None:
+        """Bring one subscriber up to the head (after it drained, or when it joins)."""
+        if sink in self._sinks:
+            self._deliver(sink, {})
+
+    def _deliver(self, sink: Sink, cache: dict[tuple[int, int], bytes]) -> None:
+        ring = self._ring
+        head = ring.head
+        cursor = sink.cursor
+        if cursor >= head:
+            return
+        if self.conflate:
+            if cursor < head - 1:
+                self.conflated += head - 1 - cursor
+                cursor = head - 1
+        elif cursor < ring.tail:
+            self.lapped += 1
+            del self._sinks[sink]
+            sink.on_lapped()
+            return
+        stream = sink.stream
+        if stream.closed():
+            return
+        if stream.writing():
+            if not sink.waiting:
+                self._wait_for_drain(sink)
+            return
+        self.delivered += head - cursor
+        self.writes += 1
+        sink.cursor = head
+        if sink.deliver is not None:
+            sink.deliver(ring.frames(WS, cursor))
+            return
+        key = (sink.format, cursor)
+        data = cache.get(key)
+        if data is None:
+            if sink.format == FORMAT_WS:
+                data = ring.join(WS, cursor)
+            elif sink.format == FORMAT_SSE_CHUNKED:
+                data = _chunk(ring.join(SSE, cursor))
+            else:
+                data = ring.join(SSE, cursor)
+            cache[key] = data
+        send = sink.send
+        if send is None:
+            stream.write(data)
+            return
+        try:
+            sent = send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            # A reset or broken pipe: the client is gone, which is normal. Closing the
+            # stream runs its close callback, which deregisters the subscriber.
+            stream.close(exc_info=exc)
+            return
+        if sent < len(data):
+            # The socket is full: IOStream keeps the rest, in order, and writes it as
+            # the socket drains. Until then this subscriber is skipped.
+            stream.write(memoryview(data)[sent:])
+
+    def _wait_for_drain(self, sink: Sink) -> None:
+        sink.waiting = True
+        try:
+            # An empty write resolves once everything already queued has been written.
+            drained = sink.stream.write(b"")
+        except StreamClosedError:
+            sink.waiting = False
+            return
+        drained.add_done_callback(lambda _: self._drained(sink))
+
+    def _drained(self, sink: Sink) -> None:
+        sink.waiting = False
+        if not sink.stream.closed():
+            self.flush_one(sink)
