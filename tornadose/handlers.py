@@ -106,6 +106,14 @@ class BaseHandler(RequestHandler):
         """Push one message to the client. Must be implemented by subclasses."""
         raise NotImplementedError("publish must be implemented!")
 
+    def on_connection_close(self) -> None:
+        # The client went away: a normal end, nothing to log.
+        self.store.deregister(self)
+
+    def on_finish(self) -> None:
+        # A finished response can receive nothing more.
+        self.store.deregister(self)
+
     def _drop(self) -> None:
         """Deregister and close the connection (a subscriber that cannot be served)."""
         self.store.deregister(self)
@@ -164,7 +172,7 @@ class EventSource(BaseHandler):
         return self.flush()
 
     def on_connection_close(self) -> None:
-        self.store.deregister(self)
+        super().on_connection_close()
         self._resolve()
 
     def _lapped(self) -> None:

@@ -1,0 +1,64 @@
+"""Shared fixtures: a real Tornado server on loopback, and a watch on the logs."""
+
+from __future__ import annotations
+
+import logging
+import resource
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
+from tornado.web import Application
+
+# Disconnect storms and many subscribers need file descriptors.
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "allow_log_errors: the test provokes WARNING/ERROR log records on purpose"
+    )
+
+
+@pytest.fixture(autouse=True)
+def no_warnings_logged(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture):
+    """Fail any test during which something logged at WARNING or above.
+
+    Clients disconnecting, lapping and bad input are normal events: they must not
+    produce log noise.
+    """
+    caplog.set_level(logging.WARNING)
+    yield
+    if request.node.get_closest_marker("allow_log_errors"):
+        return
+    bad = [
+        f"{r.name} {r.levelname}: {r.getMessage()}"
+        for when in ("setup", "call", "teardown")
+        for r in caplog.get_records(when)
+        if r.levelno >= logging.WARNING
+    ]
+    assert not bad, "unexpected log records:\n" + "\n".join(bad)
+
+
+Serve = Callable[..., Awaitable[int]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    """``port = await serve(handlers, **settings)`` starts an Application on 127.0.0.1."""
+    servers: list[HTTPServer] = []
+
+    async def start(handlers: list[Any], **settings: Any) -> int:
+        sock, port = bind_unused_port()
+        server = HTTPServer(Application(handlers, **settings))
+        server.add_sockets([sock])
+        servers.append(server)
+        return port
+
+    yield start
+    for server in servers:
+        server.stop()
+        await server.close_all_connections()
