@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import resource
 from collections.abc import AsyncIterator, Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -62,3 +64,19 @@ async def serve() -> AsyncIterator[Serve]:
     for server in servers:
         server.stop()
         await server.close_all_connections()
+
+
+@pytest.fixture(scope="session", params=["c", "py"])
+def impl(request: pytest.FixtureRequest) -> SimpleNamespace:
+    """Both implementations of the hot paths, side by side: ``impl.frames``,
+    ``impl.ring`` and ``impl.fanout`` (skipped for ``c`` where it was not built; the
+    suite has a test that fails when a normal install lacks it)."""
+    suffix = request.param
+    try:
+        modules = {
+            name: importlib.import_module(f"tornadose._{name}_{suffix}")
+            for name in ("frames", "ring", "fanout")
+        }
+    except ImportError as exc:
+        pytest.skip(f"compiled backend not built: {exc}")
+    return SimpleNamespace(name=suffix, **modules)

@@ -1,0 +1,256 @@
+# cython: language_level=3, embedsignature=True
+"""Fan-out, compiled backend: the twin of ``tornadose/_fanout_py.py``.
+
+Same semantics: one write per subscriber per flush, subscribers at the same cursor share
+the joined bytes, busy subscribers are skipped until their stream drains, lapped ones
+conflate or are dropped. What differs is the write: for a plain TCP IOStream with nothing
+pending, the frames go straight to the socket's file descriptor with one non-blocking
+``send(MSG_NOSIGNAL | MSG_DONTWAIT)``; any remainder, or everything on EAGAIN, is handed
+to the IOStream so bytes stay in order.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.errno cimport EAGAIN, EINTR, errno
+from libc.stdio cimport snprintf
+from libc.string cimport memcpy, strerror
+
+from tornado.iostream import IOStream, StreamClosedError
+
+cdef extern from "<errno.h>" nogil:
+    int EWOULDBLOCK
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t send(int fd, const void *buf, size_t n, int flags)
+    int MSG_NOSIGNAL
+    int MSG_DONTWAIT
+
+FORMAT_SSE = 0
+FORMAT_SSE_CHUNKED = 1
+FORMAT_WS = 2
+cdef enum:
+    _SSE = 0  # ring kinds, as in _ring_c
+    _WS = 1
+
+
+cdef class Sink:
+    """One fast-path subscriber: a cursor into the ring and the stream it is written to.
+
+    ``deliver``, when given, replaces raw writes: it is called with the list of pending
+    WebSocket frames (used where frames cannot go out as built, e.g. with compression).
+    """
+
+    cdef public object stream
+    cdef public int format
+    cdef public long long cursor
+    cdef public object on_lapped
+    cdef public object deliver
+    cdef public bint waiting
+    # For direct writes: the stream's socket object (identity tells the stream is still
+    # open, so the cached fd cannot belong to a newer connection), its fd, and Tornado's
+    # write buffer (whose ``_size`` tells whether the IOStream has bytes pending).
+    cdef object sock
+    cdef int fd
+    cdef object wbuf
+
+    def __init__(self, stream, int format, on_lapped, deliver=None):
+        if format not in (FORMAT_SSE, FORMAT_SSE_CHUNKED, FORMAT_WS):
+            raise ValueError(f"unknown sink format {format!r}")
+        self.stream = stream
+        self.format = format
+        self.cursor = 0
+        self.on_lapped = on_lapped
+        self.deliver = deliver
+        self.waiting = False
+        self.sock = None
+        self.fd = -1
+        self.wbuf = None
+        # Straight to the socket only where that is provably the same as IOStream.write:
+        # a plain TCP IOStream whose internals are the ones this code knows. TLS streams
+        # (a subclass) keep their own state, so they and anything else take the IOStream path.
+        if type(stream) is IOStream and stream.socket is not None:
+            wbuf = getattr(stream, "_write_buffer", None)
+            if wbuf is not None and isinstance(getattr(wbuf, "_size", None), int):
+                self.sock = stream.socket
+                self.fd = self.sock.fileno()
+                self.wbuf = wbuf
+
+    @property
+    def direct(self):
+        """True when frames are written straight to the socket."""
+        return self.sock is not None
+
+
+cdef bytes _chunk(bytes data):
+    cdef char head[24]
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef int h = snprintf(head, sizeof(head), b"%zx\r\n", n)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, h + n + 2)
+    cdef char *dst = PyBytes_AS_STRING(out)
+    memcpy(dst, head, h)
+    memcpy(dst + h, PyBytes_AS_STRING(data), n)
+    dst[h + n] = b'\r'
+    dst[h + n + 1] = b'\n'
+    return out
+
+
+cdef class _Cache:
+    """Joined bytes per (format, cursor) for one flush; the common case is one cursor."""
+
+    cdef long long cursor[3]
+    cdef list data
+    cdef dict others
+
+    def __cinit__(self):
+        self.cursor[0] = self.cursor[1] = self.cursor[2] = -1
+        self.data = [None, None, None]
+        self.others = None
+
+    cdef bytes get(self, object ring, int fmt, long long cursor):
+        cdef bytes data
+        if self.cursor[fmt] == cursor:
+            return <bytes>self.data[fmt]
+        if self.cursor[fmt] != -1:
+            if self.others is None:
+                self.others = {}
+            key = (fmt, cursor)
+            found = self.others.get(key)
+            if found is not None:
+                return <bytes>found
+        if fmt == FORMAT_WS:
+            data = ring.join(_WS, cursor)
+        elif fmt == FORMAT_SSE_CHUNKED:
+            data = _chunk(ring.join(_SSE, cursor))
+        else:
+            data = ring.join(_SSE, cursor)
+        if self.cursor[fmt] == -1:
+            self.cursor[fmt] = cursor
+            self.data[fmt] = data
+        else:
+            self.others[(fmt, cursor)] = data
+        return data
+
+
+cdef class Fanout:
+    """The subscribers of one ring and the logic that writes to them."""
+
+    # The ring is touched once per flush (head, tail) and once per distinct cursor
+    # (join), never per subscriber, so it needs no C-level interface.
+    cdef object _ring
+    cdef public bint conflate
+    cdef dict _sinks
+    cdef public long long delivered
+    cdef public long long writes
+    cdef public long long lapped
+    cdef public long long conflated
+
+    def __init__(self, ring, bint conflate):
+        self._ring = ring
+        self.conflate = conflate
+        self._sinks = {}
+        self.delivered = 0
+        self.writes = 0
+        self.lapped = 0
+        self.conflated = 0
+
+    def __len__(self):
+        return len(self._sinks)
+
+    def __iter__(self):
+        return iter(tuple(self._sinks))
+
+    def __contains__(self, sink):
+        return sink in self._sinks
+
+    def add(self, Sink sink, long long cursor):
+        """Start delivering to ``sink`` from sequence number ``cursor``."""
+        sink.cursor = cursor
+        self._sinks[sink] = None
+
+    def discard(self, sink):
+        """Stop delivering to ``sink``; unknown sinks are ignored."""
+        self._sinks.pop(sink, None)
+
+    def flush(self):
+        """Bring every subscriber up to the ring's head, one write each."""
+        cdef _Cache cache = _Cache()
+        cdef list sinks = list(self._sinks)
+        cdef Sink sink
+        cdef long long head = self._ring.head
+        cdef long long tail = self._ring.tail
+        for sink in sinks:
+            self._deliver(sink, cache, head, tail)
+
+    def flush_one(self, Sink sink):
+        """Bring one subscriber up to the head (after it drained, or when it joins)."""
+        if sink in self._sinks:
+            self._deliver(sink, _Cache(), self._ring.head, self._ring.tail)
+
+    cdef int _deliver(self, Sink sink, _Cache cache, long long head, long long tail) except -1:
+        cdef object ring = self._ring
+        cdef long long cursor = sink.cursor
+        cdef bint busy
+        if cursor >= head:
+            return 0
+        if self.conflate:
+            if cursor < head - 1:
+                self.conflated += head - 1 - cursor
+                cursor = head - 1
+        elif cursor < tail:
+            self.lapped += 1
+            del self._sinks[sink]
+            sink.on_lapped()
+            return 0
+        stream = sink.stream
+        if sink.sock is not None:
+            if stream.socket is not sink.sock:
+                return 0  # closed: its close callback deregisters it
+            busy = sink.wbuf._size != 0
+        else:
+            if stream.closed():
+                return 0
+            busy = stream.writing()
+        if busy:
+            if not sink.waiting:
+                self._wait_for_drain(sink)
+            return 0
+        self.delivered += head - cursor
+        self.writes += 1
+        sink.cursor = head
+        if sink.deliver is not None:
+            sink.deliver(ring.frames(_WS, cursor))
+            return 0
+        cdef bytes data = cache.get(ring, sink.format, cursor)
+        if sink.sock is None:
+            stream.write(data)
+            return 0
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
+        cdef ssize_t sent = send(sink.fd, PyBytes_AS_STRING(data), size, MSG_NOSIGNAL | MSG_DONTWAIT)
+        if sent < 0:
+            if errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR:
+                sent = 0
+            else:
+                # A reset or broken pipe: the client is gone, which is normal. Closing the
+                # stream runs its close callback, which deregisters the subscriber.
+                code = errno
+                stream.close(exc_info=OSError(code, strerror(code).decode()))
+                return 0
+        if sent < size:
+            # The socket is full: IOStream keeps the rest, in order, and writes it as
+            # the socket drains. Until then this subscriber is skipped.
+            stream.write(memoryview(data)[sent:])
+        return 0
+
+    cdef void _wait_for_drain(self, Sink sink) except *:
+        sink.waiting = True
+        try:
+            # An empty write resolves once everything already queued has been written.
+            drained = sink.stream.write(b"")
+        except StreamClosedError:
+            sink.waiting = False
+            return
+        drained.add_done_callback(lambda _: self._drained(sink))
+
+    def _drained(self, Sink sink):
+        sink.waiting = False
+        if not sink.stream.closed():
+            self.flush_one(sink)
