@@ -92,6 +92,25 @@ async def test_slow_reader_with_tiny_buffer_gets_every_byte_in_order(serve):
     client.close_fin()
 
 
+async def test_reset_in_the_middle_of_a_write_drops_the_subscriber_cleanly(serve):
+    store = QueueStore()
+    port = await serve([(r"/sse", EventSource, {"store": store}), (r"/ws", WebSocketSubscriber, {"store": store})])
+    sse = await RawSSEClient.connect("127.0.0.1", port, "/sse", rcvbuf=2048, limit=256)
+    ws = await TornadoWS.connect(port, "/ws")
+    await wait_until(lambda: len(store.subscribers) == 2)
+    sse_handler = next(h for h in store.subscribers if isinstance(h, EventSource))
+    stream = sse_handler.request.connection.stream
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # no autotuning
+    store.submit("x" * 500_000)  # far more than the socket takes: the rest waits in IOStream
+    await asyncio.sleep(0.05)
+    assert stream.writing(), "expected a partial write with the remainder pending"
+    sse.close_rst()
+    await wait_until(lambda: len(store.subscribers) == 1, what="reset subscriber dropped")
+    store.submit("after")
+    assert await ws.read(2) == ["x" * 500_000, "after"]
+    await ws.close()
+
+
 async def test_lapped_subscriber_is_disconnected_not_skipped(serve):
     store = QueueStore(capacity=500)
     port = await serve([(r"/sse", EventSource, {"store": store})])

@@ -28,6 +28,8 @@ async def test_stream_headers(serve):
     assert client.headers["content-type"] == "text/event-stream"
     assert client.headers["cache-control"] == "no-cache"
     assert client.headers["x-accel-buffering"] == "no"
+    (handler,) = store.subscribers
+    assert handler._tornadose_sink.direct, "plain TCP should be written straight to the socket"
     client.close_fin()
 
 

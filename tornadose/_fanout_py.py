@@ -52,6 +52,11 @@ class Sink:
         # and anything else take the IOStream path.
         self.send = stream.socket.send if type(stream) is IOStream else None
 
+    @property
+    def direct(self) -> bool:
+        """True when frames are written straight to the socket."""
+        return self.send is not None
+
 
 def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
