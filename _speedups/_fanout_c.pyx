@@ -6,7 +6,8 @@ the joined bytes, busy subscribers are skipped until their stream drains, lapped
 conflate or are dropped. What differs is the write: for a plain TCP IOStream with nothing
 pending, the frames go straight to the socket's file descriptor with one non-blocking
 ``send(MSG_NOSIGNAL | MSG_DONTWAIT)``; any remainder, or everything on EAGAIN, is handed
-to the IOStream so bytes stay in order.
+to the IOStream so bytes stay in order. A subscriber whose stream stays full for
+``write_timeout`` seconds (a half-open or frozen client) is dropped like a lapped one.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -37,14 +38,19 @@ cdef class Sink:
 
     ``deliver``, when given, replaces raw writes: it is called with the list of pending
     WebSocket frames (used where frames cannot go out as built, e.g. with compression).
+    ``on_drop`` is called when the fan-out drops the subscriber (lapped, or stalled past
+    the write timeout); it must close the connection. ``written`` is set on every write,
+    for heartbeats to tell idle streams.
     """
 
     cdef public object stream
     cdef public int format
     cdef public long long cursor
-    cdef public object on_lapped
+    cdef public object on_drop
     cdef public object deliver
     cdef public bint waiting
+    cdef public bint written
+    cdef public object timer
     # For direct writes: the stream's socket object (identity tells the stream is still
     # open, so the cached fd cannot belong to a newer connection), its fd, and Tornado's
     # write buffer (whose ``_size`` tells whether the IOStream has bytes pending).
@@ -52,15 +58,17 @@ cdef class Sink:
     cdef int fd
     cdef object wbuf
 
-    def __init__(self, stream, int format, on_lapped, deliver=None):
+    def __init__(self, stream, int format, on_drop, deliver=None):
         if format not in (FORMAT_SSE, FORMAT_SSE_CHUNKED, FORMAT_WS):
             raise ValueError(f"unknown sink format {format!r}")
         self.stream = stream
         self.format = format
         self.cursor = 0
-        self.on_lapped = on_lapped
+        self.on_drop = on_drop
         self.deliver = deliver
         self.waiting = False
+        self.written = False
+        self.timer = None
         self.sock = None
         self.fd = -1
         self.wbuf = None
@@ -137,15 +145,19 @@ cdef class Fanout:
     # (join), never per subscriber, so it needs no C-level interface.
     cdef object _ring
     cdef public bint conflate
+    cdef public double write_timeout
     cdef dict _sinks
     cdef public long long delivered
     cdef public long long writes
     cdef public long long lapped
     cdef public long long conflated
+    cdef public long long timed_out
 
-    def __init__(self, ring, bint conflate):
+    def __init__(self, ring, bint conflate, double write_timeout=0.0):
         self._ring = ring
         self.conflate = conflate
+        self.write_timeout = write_timeout  # seconds; 0 disables
+        self.timed_out = 0
         self._sinks = {}
         self.delivered = 0
         self.writes = 0
@@ -198,7 +210,7 @@ cdef class Fanout:
         elif cursor < tail:
             self.lapped += 1
             del self._sinks[sink]
-            sink.on_lapped()
+            sink.on_drop()
             return 0
         stream = sink.stream
         if sink.sock is not None:
@@ -210,12 +222,12 @@ cdef class Fanout:
                 return 0
             busy = stream.writing()
         if busy:
-            if not sink.waiting:
-                self._wait_for_drain(sink)
+            self._wait_for_drain(sink)
             return 0
         self.delivered += head - cursor
         self.writes += 1
         sink.cursor = head
+        sink.written = True
         if sink.deliver is not None:
             sink.deliver(ring.frames(_WS, cursor))
             return 0
@@ -238,19 +250,54 @@ cdef class Fanout:
             # The socket is full: IOStream keeps the rest, in order, and writes it as
             # the socket drains. Until then this subscriber is skipped.
             stream.write(memoryview(data)[sent:])
+            self._wait_for_drain(sink)
         return 0
 
+    def write_extra(self, Sink sink, bytes sse, bytes ws):
+        """Write one frame that is not in the ring (a gap notice, a heartbeat) to ``sink``
+        now, after anything already queued for it, in the sink's wire format."""
+        stream = sink.stream
+        if stream.closed():
+            return
+        if sink.format == FORMAT_WS:
+            if ws is None:
+                return
+            if sink.deliver is not None:
+                sink.deliver([ws])
+                return
+            data = ws
+        elif sink.format == FORMAT_SSE_CHUNKED:
+            data = _chunk(sse)
+        else:
+            data = sse
+        stream.write(data)
+
     cdef void _wait_for_drain(self, Sink sink) except *:
+        if sink.waiting:
+            return
         sink.waiting = True
+        stream = sink.stream
         try:
             # An empty write resolves once everything already queued has been written.
-            drained = sink.stream.write(b"")
+            drained = stream.write(b"")
         except StreamClosedError:
             sink.waiting = False
             return
         drained.add_done_callback(lambda _: self._drained(sink))
+        if self.write_timeout > 0:
+            sink.timer = stream.io_loop.call_later(self.write_timeout, self._timed_out, sink)
 
     def _drained(self, Sink sink):
         sink.waiting = False
+        if sink.timer is not None:
+            sink.stream.io_loop.remove_timeout(sink.timer)
+            sink.timer = None
         if not sink.stream.closed():
             self.flush_one(sink)
+
+    def _timed_out(self, Sink sink):
+        sink.timer = None
+        if sink.waiting and sink in self._sinks:
+            self.timed_out += 1
+            del self._sinks[sink]
+            sink.on_drop()

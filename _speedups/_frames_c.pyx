@@ -13,8 +13,6 @@ import orjson
 
 cdef object _dumps = orjson.dumps
 cdef object _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
-cdef bytes _WS_DATA_OPEN = b'{"data":'
-cdef Py_ssize_t _WS_DATA_OPEN_LEN = 8
 
 
 cpdef tuple encode_message(object message):
@@ -145,32 +143,61 @@ cpdef bytes ws_text_frame(bytes body):
     return out
 
 
-cdef bytes _ws_data_frame(bytes json_value):
+cdef inline char *_put(char *dst, const char *src, Py_ssize_t n) noexcept:
+    memcpy(dst, src, n)
+    return dst + n
+
+
+cdef bytes _ws_data_frame(bytes json_value, bytes event_id, bytes event):
+    # {"id":"<event_id>","event":<json of event>,"data":<json_value>}, id/event optional,
+    # header and body in one allocation.
+    cdef bytes event_json = _dumps(event.decode()) if event is not None else None
     cdef Py_ssize_t j = PyBytes_GET_SIZE(json_value)
-    cdef Py_ssize_t n = _WS_DATA_OPEN_LEN + j + 1
+    cdef Py_ssize_t n = 9 + j  # '{"data":' + json + '}'
+    if event_id is not None:
+        n += 8 + PyBytes_GET_SIZE(event_id)  # '"id":"' + id + '",'
+    if event_json is not None:
+        n += 9 + PyBytes_GET_SIZE(event_json)  # '"event":' + json + ','
     cdef bytes out = PyBytes_FromStringAndSize(NULL, _ws_header_size(n) + n)
     cdef char *dst = PyBytes_AS_STRING(out)
     dst += _ws_header(dst, n)
-    memcpy(dst, PyBytes_AS_STRING(_WS_DATA_OPEN), _WS_DATA_OPEN_LEN)
-    memcpy(dst + _WS_DATA_OPEN_LEN, PyBytes_AS_STRING(json_value), j)
-    dst[_WS_DATA_OPEN_LEN + j] = b'}'
+    dst = _put(dst, b"{", 1)
+    if event_id is not None:
+        dst = _put(dst, b'"id":"', 6)
+        dst = _put(dst, PyBytes_AS_STRING(event_id), PyBytes_GET_SIZE(event_id))
+        dst = _put(dst, b'",', 2)
+    if event_json is not None:
+        dst = _put(dst, b'"event":', 8)
+        dst = _put(dst, PyBytes_AS_STRING(event_json), PyBytes_GET_SIZE(event_json))
+        dst = _put(dst, b",", 1)
+    dst = _put(dst, b'"data":', 7)
+    dst = _put(dst, PyBytes_AS_STRING(json_value), j)
+    dst[0] = b'}'
     return out
 
 
-cpdef bytes ws_data_body(bytes json_value):
-    """Return the JSON object ``{"data": <json_value>}`` as bytes."""
-    return _WS_DATA_OPEN + json_value + b"}"
+cpdef bytes ws_data_body(bytes json_value, bytes event_id=None, bytes event=None):
+    """Return the JSON object ``{"id": ..., "event": ..., "data": <json_value>}`` as bytes.
+
+    ``id`` and ``event`` appear only when given; ``event_id`` must need no JSON escaping
+    (the stores' ids are ASCII letters, digits and dashes).
+    """
+    # Rare path (the generic, per-connection write): build the frame, drop its header.
+    cdef bytes frame = _ws_data_frame(json_value, event_id, event)
+    cdef unsigned char length = (<unsigned char *>PyBytes_AS_STRING(frame))[1] & 0x7F
+    return frame[2 if length < 126 else 4 if length == 126 else 10:]
 
 
 cpdef tuple build_frames(object message, bytes event_id=None, bytes event=None):
     """Serialize ``message`` once into ``(sse_event, ws_frame, payload_size)``.
 
-    Raises what :func:`encode_message` raises.
+    The WebSocket frame holds ``{"id": event_id, "event": event, "data": message}``
+    (``id``/``event`` only when given). Raises what :func:`encode_message` raises.
     """
     cdef tuple encoded = encode_message(message)
     cdef bytes payload = <bytes>encoded[0]
     return (
         sse_event(payload, event_id, event),
-        _ws_data_frame(<bytes>encoded[1]),
+        _ws_data_frame(<bytes>encoded[1], event_id, event),
         PyBytes_GET_SIZE(payload),
     )

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from tornado.httpserver import HTTPServer
-from tornado.testing import bind_unused_port
+from tornado.netutil import bind_sockets
 from tornado.web import Application
 
 # Disconnect storms and many subscribers need file descriptors.
@@ -50,15 +50,17 @@ Serve = Callable[..., Awaitable[int]]
 
 @pytest.fixture
 async def serve() -> AsyncIterator[Serve]:
-    """``port = await serve(handlers, **settings)`` starts an Application on 127.0.0.1."""
+    """``port = await serve(handlers, port=0, **settings)`` starts an Application on
+    127.0.0.1 (on ``port`` when given: a restarted server takes the same port)."""
     servers: list[HTTPServer] = []
 
-    async def start(handlers: list[Any], **settings: Any) -> int:
-        sock, port = bind_unused_port()
+    async def start(handlers: list[Any], port: int = 0, **settings: Any) -> int:
+        # A deep backlog: storms of thousands of connects must not wait for SYN retries.
+        sockets = bind_sockets(port, "127.0.0.1", backlog=4096)
         server = HTTPServer(Application(handlers, **settings))
-        server.add_sockets([sock])
+        server.add_sockets(sockets)
         servers.append(server)
-        return port
+        return sockets[0].getsockname()[1]
 
     yield start
     for server in servers:

@@ -85,7 +85,10 @@ def test_text_frames_identical_and_parse_back(message, event_id, event):
     assert parsed.type == (event.decode() if event else "message")
     (frame,) = parse_frames(ws)
     assert frame.opcode is Opcode.TEXT and frame.fin
-    assert json.loads(frame.data) == {"data": message}
+    expected = {"id": eid.decode(), "data": message}
+    if event:
+        expected["event"] = event.decode()
+    assert json.loads(frame.data) == expected
 
 
 @settings(max_examples=200, deadline=None)

@@ -86,7 +86,7 @@ def test_build_frames_of_a_dict(impl):
     (event,) = parse_sse(sse)
     assert (event.id, json.loads(event.data)) == ("e-3", {"price": 1.5})
     (frame,) = parse_frames(ws)
-    assert json.loads(frame.data) == {"data": {"price": 1.5}}
+    assert json.loads(frame.data) == {"id": "e-3", "data": {"price": 1.5}}
     assert size == len(b'{"price":1.5}')
     assert impl.frames.ws_data_body(b"1") == b'{"data":1}'
 
@@ -95,3 +95,10 @@ def test_build_frames_of_text_keeps_it_text_in_json(impl):
     _, ws, _ = impl.frames.build_frames('say "hi"\n')
     (frame,) = parse_frames(ws)
     assert json.loads(frame.data) == {"data": 'say "hi"\n'}
+
+
+def test_ws_body_with_id_and_event(impl):
+    body = impl.frames.ws_data_body(b"[1]", b"ab-7", b'we"ird')
+    assert json.loads(body) == {"id": "ab-7", "event": 'we"ird', "data": [1]}
+    (frame,) = parse_frames(impl.frames.build_frames([1], b"ab-7", b"tick")[1])
+    assert json.loads(frame.data) == {"id": "ab-7", "event": "tick", "data": [1]}

@@ -6,7 +6,9 @@ at the same cursor share the joined bytes, so a burst is joined once per distinc
 not once per subscriber. A subscriber whose stream still has bytes pending is skipped and
 a one-shot drain callback brings it up to date when the stream empties. A subscriber whose
 cursor fell off the ring is *lapped*: with ``conflate`` it jumps to the newest entry,
-otherwise it is removed and its ``on_lapped`` callback runs (the store disconnects it).
+otherwise it is removed and its ``on_drop`` callback runs (the store disconnects it). A
+subscriber whose stream stays full for ``write_timeout`` seconds (a half-open or frozen
+client) is removed the same way.
 """
 
 from __future__ import annotations
@@ -28,15 +30,18 @@ class Sink:
 
     ``deliver``, when given, replaces raw writes: it is called with the list of pending
     WebSocket frames (used where frames cannot go out as built, e.g. with compression).
+    ``on_drop`` is called when the fan-out drops the subscriber (lapped, or stalled past
+    the write timeout); it must close the connection. ``written`` is set on every write,
+    for heartbeats to tell idle streams.
     """
 
-    __slots__ = ("stream", "format", "cursor", "on_lapped", "deliver", "waiting", "send")
+    __slots__ = ("stream", "format", "cursor", "on_drop", "deliver", "waiting", "send", "written", "timer")
 
     def __init__(
         self,
         stream: IOStream,
         format: int,
-        on_lapped: Callable[[], None],
+        on_drop: Callable[[], None],
         deliver: Callable[[list[bytes]], None] | None = None,
     ) -> None:
         if format not in (FORMAT_SSE, FORMAT_SSE_CHUNKED, FORMAT_WS):
@@ -44,9 +49,11 @@ class Sink:
         self.stream = stream
         self.format = format
         self.cursor = 0
-        self.on_lapped = on_lapped
+        self.on_drop = on_drop
         self.deliver = deliver
         self.waiting = False
+        self.written = False
+        self.timer: object | None = None
         # Straight to the socket only where that is provably the same as IOStream.write:
         # a plain TCP IOStream. TLS streams (a subclass) keep their own state, so they
         # and anything else take the IOStream path.
@@ -65,16 +72,21 @@ def _chunk(data: bytes) -> bytes:
 class Fanout:
     """The subscribers of one ring and the logic that writes to them."""
 
-    __slots__ = ("_ring", "conflate", "_sinks", "delivered", "writes", "lapped", "conflated")
+    __slots__ = (
+        "_ring", "conflate", "write_timeout", "_sinks",
+        "delivered", "writes", "lapped", "conflated", "timed_out",
+    )
 
-    def __init__(self, ring: Ring, conflate: bool) -> None:
+    def __init__(self, ring: Ring, conflate: bool, write_timeout: float = 0.0) -> None:
         self._ring = ring
         self.conflate = conflate
+        self.write_timeout = write_timeout  # seconds; 0 disables
         self._sinks: dict[Sink, None] = {}
         self.delivered = 0  # messages written, summed over subscribers
         self.writes = 0
         self.lapped = 0
         self.conflated = 0  # messages skipped by conflation
+        self.timed_out = 0
 
     def __len__(self) -> int:
         return len(self._sinks)
@@ -118,18 +130,18 @@ class Fanout:
         elif cursor < ring.tail:
             self.lapped += 1
             del self._sinks[sink]
-            sink.on_lapped()
+            sink.on_drop()
             return
         stream = sink.stream
         if stream.closed():
             return
         if stream.writing():
-            if not sink.waiting:
-                self._wait_for_drain(sink)
+            self._wait_for_drain(sink)
             return
         self.delivered += head - cursor
         self.writes += 1
         sink.cursor = head
+        sink.written = True
         if sink.deliver is not None:
             sink.deliver(ring.frames(WS, cursor))
             return
@@ -160,18 +172,53 @@ class Fanout:
             # The socket is full: IOStream keeps the rest, in order, and writes it as
             # the socket drains. Until then this subscriber is skipped.
             stream.write(memoryview(data)[sent:])
+            self._wait_for_drain(sink)
+
+    def write_extra(self, sink: Sink, sse: bytes, ws: bytes | None) -> None:
+        """Write one frame that is not in the ring (a gap notice, a heartbeat) to ``sink``
+        now, after anything already queued for it, in the sink's wire format."""
+        stream = sink.stream
+        if stream.closed():
+            return
+        if sink.format == FORMAT_WS:
+            if ws is None:
+                return
+            if sink.deliver is not None:
+                sink.deliver([ws])
+                return
+            data = ws
+        elif sink.format == FORMAT_SSE_CHUNKED:
+            data = _chunk(sse)
+        else:
+            data = sse
+        stream.write(data)
 
     def _wait_for_drain(self, sink: Sink) -> None:
+        if sink.waiting:
+            return
         sink.waiting = True
+        stream = sink.stream
         try:
             # An empty write resolves once everything already queued has been written.
-            drained = sink.stream.write(b"")
+            drained = stream.write(b"")
         except StreamClosedError:
             sink.waiting = False
             return
         drained.add_done_callback(lambda _: self._drained(sink))
+        if self.write_timeout > 0:
+            sink.timer = stream.io_loop.call_later(self.write_timeout, self._timed_out, sink)
 
     def _drained(self, sink: Sink) -> None:
         sink.waiting = False
+        if sink.timer is not None:
+            sink.stream.io_loop.remove_timeout(sink.timer)
+            sink.timer = None
         if not sink.stream.closed():
             self.flush_one(sink)
+
+    def _timed_out(self, sink: Sink) -> None:
+        sink.timer = None
+        if sink.waiting and sink in self._sinks:
+            self.timed_out += 1
+            del self._sinks[sink]
+            sink.on_drop()

@@ -79,9 +79,18 @@ def ws_text_frame(body: bytes) -> bytes:
     return struct.pack("!BBQ", _WS_TEXT_FIN, 127, n) + body
 
 
-def ws_data_body(json_value: bytes) -> bytes:
-    """Return the JSON object ``{"data": <json_value>}`` as bytes."""
-    return _WS_DATA_OPEN + json_value + b"}"
+def ws_data_body(json_value: bytes, event_id: bytes | None = None, event: bytes | None = None) -> bytes:
+    """Return the JSON object ``{"id": ..., "event": ..., "data": <json_value>}`` as bytes.
+
+    ``id`` and ``event`` appear only when given; ``event_id`` must need no JSON escaping
+    (the stores' ids are ASCII letters, digits and dashes).
+    """
+    if event_id is None and event is None:
+        return _WS_DATA_OPEN + json_value + b"}"
+    head = b'{"id":"' + event_id + b'",' if event_id is not None else b"{"
+    if event is not None:
+        head += b'"event":' + orjson.dumps(event.decode()) + b","
+    return head + b'"data":' + json_value + b"}"
 
 
 def build_frames(
@@ -89,11 +98,12 @@ def build_frames(
 ) -> tuple[bytes, bytes, int]:
     """Serialize ``message`` once into ``(sse_event, ws_frame, payload_size)``.
 
-    Raises what :func:`encode_message` raises.
+    The WebSocket frame holds ``{"id": event_id, "event": event, "data": message}``
+    (``id``/``event`` only when given). Raises what :func:`encode_message` raises.
     """
     payload, json_value = encode_message(message)
     return (
         sse_event(payload, event_id, event),
-        ws_text_frame(_WS_DATA_OPEN + json_value + b"}"),
+        ws_text_frame(ws_data_body(json_value, event_id, event)),
         len(payload),
     )

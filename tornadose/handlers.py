@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import random
 from collections import deque
 from typing import Any
 
+from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
 from tornado.web import RequestHandler
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
@@ -32,6 +34,15 @@ logger = logging.getLogger("tornadose.handlers")
 # capacity, when it has one) before they are disconnected: memory stays bounded.
 DEFAULT_OUTBOX_LIMIT = 4096
 _DISCONNECTED = (StreamClosedError, WebSocketClosedError)
+
+#: Defaults of the Application settings these handlers read (handler keyword arguments
+#: of the same name without the ``sse_`` prefix override them per URL).
+DEFAULT_SSE_HEARTBEAT_INTERVAL = 15.0  # seconds of silence before a ``:`` comment line
+DEFAULT_SSE_RETRY = 2000  # milliseconds, sent as the ``retry:`` reconnection hint
+# Subscribe-only sockets need no large incoming messages; a bigger one closes the
+# connection (code 1009) unless ``websocket_max_message_size`` says otherwise.
+DEFAULT_WS_MAX_INCOMING = 64 * 1024
+_HEARTBEAT = b":\n"
 
 
 class BaseHandler(RequestHandler):
@@ -108,11 +119,42 @@ class BaseHandler(RequestHandler):
 
     def on_connection_close(self) -> None:
         # The client went away: a normal end, nothing to log.
+        self._release_reservation()
         self.store.deregister(self)
 
     def on_finish(self) -> None:
         # A finished response can receive nothing more.
+        self._release_reservation()
         self.store.deregister(self)
+
+    def _reserve(self) -> bool:
+        """Take a place in the store before the stream opens, or answer 503.
+
+        Stores with ``max_subscribers`` refuse extra clients with 503 and a jittered
+        ``Retry-After``, so a reconnect storm spreads out instead of coming back at once.
+        """
+        admit = getattr(self.store, "_admit", None)
+        if admit is None or admit():
+            self._reserved = admit is not None
+            return True
+        self.set_status(503)
+        self.set_header("Retry-After", str(random.randint(2, 10)))
+        self.finish("subscriber limit reached\n")
+        return False
+
+    def _release_reservation(self) -> None:
+        if getattr(self, "_reserved", False):
+            self._reserved = False
+            self.store._release()  # type: ignore[attr-defined]
+
+    def _last_event_id(self) -> str | None:
+        # The header wins: a browser reconnecting to a URL that carries an old
+        # ``last_event_id`` query parameter sends its newer id in the header. An empty
+        # id means "none", as in the SSE spec.
+        header = self.request.headers.get("Last-Event-ID")
+        if header is None:
+            header = self.get_query_argument("last_event_id", None, strip=False)
+        return header or None
 
     def _drop(self) -> None:
         """Deregister and close the connection (a subscriber that cannot be served)."""
@@ -133,12 +175,31 @@ class EventSource(BaseHandler):
     of the message, so no message can break framing or inject fields. The response is
     never compressed or buffered by nginx (``X-Accel-Buffering: no``). The client going
     away is a normal end: the handler deregisters at once and logs nothing above DEBUG.
+
+    A client that reconnects with ``Last-Event-ID`` (the header, or a ``last_event_id``
+    query parameter) resumes right after that event when the store still holds what
+    followed it, and otherwise gets a ``tornadose-gap`` event first (see
+    :data:`tornadose.stores.GAP_EVENT`). The stream starts with a ``retry:`` hint
+    (``sse_retry`` setting or ``retry`` argument, milliseconds) and carries a ``:``
+    comment line after ``heartbeat_interval`` seconds of silence (``sse_heartbeat_interval``
+    setting, default 15; 0 disables) so proxies do not close idle streams.
     """
 
-    def initialize(self, store: stores.BaseStore) -> None:
+    def initialize(
+        self,
+        store: stores.BaseStore,
+        heartbeat_interval: float | None = None,
+        retry: int | None = None,
+    ) -> None:
         """Bind to ``store``; registration happens once the stream is open."""
         self._bind(store)
         self._done: asyncio.Future[None] | None = None
+        self._heartbeat_interval = heartbeat_interval
+        self._retry = retry
+        self._heartbeat_timer: object | None = None
+
+    def prepare(self) -> None:
+        self._reserve()
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         self.set_header("Content-Type", "text/event-stream")
@@ -147,6 +208,9 @@ class EventSource(BaseHandler):
         # Output transforms (gzip) cannot apply to frames written straight to the
         # socket, and compressing a live stream only adds latency.
         self._transforms = []
+        retry = self._retry if self._retry is not None else self.settings.get("sse_retry", DEFAULT_SSE_RETRY)
+        if retry:
+            self.write(b"retry: %d\n\n" % int(retry))
         self._done = asyncio.get_running_loop().create_future()
         try:
             await self.flush()
@@ -162,6 +226,9 @@ class EventSource(BaseHandler):
                 FORMAT_SSE_CHUNKED if chunked else FORMAT_SSE,
                 self._lapped,
             )
+            self._tornadose_last_event_id = self._last_event_id()
+            self._schedule_heartbeat()
+        self._release_reservation()
         self.store.register(self)
         await self._done
 
@@ -185,22 +252,54 @@ class EventSource(BaseHandler):
         self._resolve()
 
     def _resolve(self) -> None:
+        if self._heartbeat_timer is not None:
+            IOLoop.current().remove_timeout(self._heartbeat_timer)
+            self._heartbeat_timer = None
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
+
+    def _schedule_heartbeat(self) -> None:
+        interval = self._heartbeat_interval
+        if interval is None:
+            interval = self.settings.get("sse_heartbeat_interval", DEFAULT_SSE_HEARTBEAT_INTERVAL)
+        if interval:
+            self._heartbeat_timer = IOLoop.current().call_later(interval, self._heartbeat, interval)
+
+    def _heartbeat(self, interval: float) -> None:
+        sink = self._tornadose_sink
+        if sink is None or self._done is None or self._done.done():
+            return
+        # Only idle streams need it: anything written since the last beat, or still
+        # queued, already tells the proxy the stream is alive.
+        if not sink.written and not sink.stream.writing():
+            self.store._write_extra(sink, _HEARTBEAT, None)  # type: ignore[attr-defined]
+        sink.written = False
+        self._heartbeat_timer = IOLoop.current().call_later(interval, self._heartbeat, interval)
 
 
 class WebSocketSubscriber(BaseHandler, WebSocketHandler):
     """WebSocket subscriber: each message is one text frame, the JSON ``{"data": ...}``.
 
-    Messages sent by the client are ignored (the socket is subscribe-only). With
-    per-message compression negotiated, frames go out through Tornado's
-    ``write_message`` (compressed per connection); otherwise pre-built frames are written
-    as they are.
+    Each frame also carries the event ``id`` (the same ids SSE subscribers of the store
+    see); a client that reconnects with ``?last_event_id=<id>`` resumes like an SSE
+    client, or first gets ``{"id": ..., "event": "tornadose-gap", "data": {...}}``.
+    Messages sent by the client are ignored (the socket is subscribe-only); one larger
+    than ``websocket_max_message_size`` (default here 64 KiB) closes the connection.
+    Pings follow Tornado's ``websocket_ping_interval`` setting. With per-message
+    compression negotiated, frames go out through Tornado's ``write_message``
+    (compressed per connection); otherwise pre-built frames are written as they are.
     """
 
     def initialize(self, store: stores.BaseStore) -> None:
         """Bind to ``store``; registration happens once the WebSocket is open."""
         self._bind(store)
+
+    def prepare(self) -> None:
+        self._reserve()
+
+    @property
+    def max_message_size(self) -> int:
+        return self.settings.get("websocket_max_message_size", DEFAULT_WS_MAX_INCOMING)
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         connection = self.ws_connection
@@ -214,12 +313,17 @@ class WebSocketSubscriber(BaseHandler, WebSocketHandler):
                 self._lapped,
                 self._write_frames if compressed else None,
             )
+            self._tornadose_last_event_id = (
+                self.get_query_argument("last_event_id", None, strip=False) or None
+            )
+        self._release_reservation()
         self.store.register(self)
 
     def on_message(self, message: str | bytes) -> None:
         """Ignore client messages: this socket only publishes."""
 
     def on_close(self) -> None:
+        self._release_reservation()
         self.store.deregister(self)
 
     def publish(self, message: Any) -> Any:

@@ -15,17 +15,27 @@ from typing import Any
 
 from tornado.log import app_log
 
-from .fanout import Fanout, Sink
+from .fanout import FORMAT_WS, Fanout, Sink
 from .frames import build_frames
-from .ring import Ring
+from .ring import SSE, WS, Ring
 
-__all__ = ["BaseStore", "DataStore", "QueueStore"]
+__all__ = ["GAP_EVENT", "BaseStore", "DataStore", "QueueStore"]
 
 logger = logging.getLogger("tornadose.stores")
 
 DEFAULT_CAPACITY = 4096
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+DEFAULT_WRITE_TIMEOUT = 30.0
+
+#: The ``event:`` type of the notice a resuming subscriber gets when messages after its
+#: Last-Event-ID can no longer be replayed. Its data is a JSON object:
+#: ``{"reason": "expired" | "restarted" | "unknown" | "malformed", "last_event_id": ...,
+#: "missed": <count, or null when unknown>}``; its ``id`` is the live position.
+GAP_EVENT = "tornadose-gap"
+_GAP_EVENT = GAP_EVENT.encode()
+# Longest Last-Event-ID echoed back in a gap notice; longer ones are cut.
+_ECHO_LIMIT = 128
 
 
 class _Submitted:
@@ -101,20 +111,32 @@ class _RingStore(BaseStore):
         capacity: int = DEFAULT_CAPACITY,
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_subscribers: int | None = None,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         **kwargs: Any,
     ) -> None:
         if max_message_size < 1:
             raise ValueError(f"max_message_size must be at least 1, got {max_message_size}")
-        self._ring = Ring(1 if self._conflate else capacity, max_bytes)
-        self._fanout = Fanout(self._ring, self._conflate)
+        if max_subscribers is not None and max_subscribers < 1:
+            raise ValueError(f"max_subscribers must be at least 1, got {max_subscribers}")
+        if write_timeout < 0:
+            raise ValueError(f"write_timeout must not be negative, got {write_timeout}")
+        # Sequence numbers start at 1, so that position 0 means "nothing seen yet".
+        self._ring = Ring(1 if self._conflate else capacity, max_bytes, 1)
+        self._fanout = Fanout(self._ring, self._conflate, write_timeout)
         self.max_message_size = max_message_size
+        self.max_subscribers = max_subscribers
         self._epoch = _new_epoch()
         self._id_prefix = self._epoch + b"-"
         self._generic: dict[Any, None] = {}
         self._generic_pending: list[Any] = []
         self._flush_loop: asyncio.AbstractEventLoop | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
+        self._joining = 0
+        self._disconnected = 0
+        self._resumed = 0
+        self._gaps = 0
+        self._rejected = 0
         super().__init__(*args, **kwargs)
 
     @property
@@ -136,8 +158,7 @@ class _RingStore(BaseStore):
         anything changes.
         """
         ring = self._ring
-        event_id = self._id_prefix + str(ring.head).encode()
-        sse, ws, size = build_frames(message, event_id)
+        sse, ws, size = build_frames(message, self._event_id(ring.head))
         if size > self.max_message_size:
             raise ValueError(
                 f"message of {size} bytes exceeds max_message_size={self.max_message_size}"
@@ -199,7 +220,8 @@ class _RingStore(BaseStore):
     def register(self, subscriber: Any) -> None:
         """Start publishing to ``subscriber``.
 
-        A handler of this package gets frames written straight from the ring. Any other
+        A handler of this package gets frames written straight from the ring, starting
+        after the Last-Event-ID it carries, if any (see :meth:`_resume_point`). Any other
         object with a ``submit(message)`` method gets that method called with every
         message. Raises ``TypeError`` for an object without ``submit``.
         """
@@ -209,34 +231,94 @@ class _RingStore(BaseStore):
         except RuntimeError:
             pass
         sink: Sink | None = getattr(subscriber, "_tornadose_sink", None)
-        if sink is not None:
-            self._fanout.add(sink, self._start_cursor())
-            self._fanout.flush_one(sink)
-        else:
+        if sink is None:
             self._generic[subscriber] = None
             self._welcome_generic(subscriber)
+            return
+        last_event_id = getattr(subscriber, "_tornadose_last_event_id", None)
+        cursor, gap = self._resume_point(last_event_id)
+        self._fanout.add(sink, cursor)
+        if gap is not None:
+            self._gaps += 1
+            sse, ws, _ = build_frames(gap, self._event_id(self._ring.head - 1), _GAP_EVENT)
+            self._fanout.write_extra(sink, sse, ws)
+        elif last_event_id is not None:
+            self._resumed += 1
+        self._fanout.flush_one(sink)
         logger.debug("subscriber added to %r (%d now)", self, len(self.subscribers))
 
     def deregister(self, subscriber: Any) -> None:
         """Stop publishing to ``subscriber``; unknown subscribers are ignored."""
+        if subscriber in self.subscribers:
+            self._disconnected += 1
         super().deregister(subscriber)
         sink = getattr(subscriber, "_tornadose_sink", None)
         if sink is not None:
             self._fanout.discard(sink)
         self._generic.pop(subscriber, None)
 
-    def _start_cursor(self) -> int:
-        return self._ring.head
+    def _event_id(self, seq: int) -> bytes:
+        return self._id_prefix + str(seq).encode()
+
+    def _resume_point(self, last_event_id: str | None) -> tuple[int, dict[str, Any] | None]:
+        """Return ``(cursor, gap)`` for a subscriber that last saw ``last_event_id``.
+
+        Without an id the subscriber starts live. An id of this store whose successors
+        are all still in the ring resumes right after it: no gap, no duplicate. Any other
+        id (too old, from another run of the store, from the future, malformed) starts
+        live with a gap notice describing why.
+        """
+        ring = self._ring
+        if last_event_id is None:
+            return ring.head, None
+        epoch, dash, number = last_event_id.rpartition("-")
+        missed = None
+        if not (dash and number.isascii() and number.isdigit() and len(number) <= 19):
+            reason = "malformed"
+        elif epoch.encode("utf-8", "replace") != self._epoch:
+            reason = "restarted"
+        elif int(number) > ring.head - 1:
+            reason = "unknown"
+        elif int(number) < ring.tail - 1:
+            reason = "expired"
+            missed = ring.tail - 1 - int(number)
+        else:
+            return int(number) + 1, None
+        gap = {"reason": reason, "last_event_id": last_event_id[:_ECHO_LIMIT], "missed": missed}
+        return ring.head, gap
+
+    def _admit(self) -> bool:
+        """Reserve a place for a subscriber that is about to register.
+
+        Returns ``False`` (and counts a rejection) when ``max_subscribers`` are already
+        subscribed or joining. Each ``True`` must be matched by one :meth:`_release`.
+        """
+        limit = self.max_subscribers
+        if limit is not None and len(self.subscribers) + self._joining >= limit:
+            self._rejected += 1
+            return False
+        self._joining += 1
+        return True
+
+    def _release(self) -> None:
+        self._joining -= 1
+
+    def _write_extra(self, sink: Sink, sse: bytes, ws: bytes | None) -> None:
+        self._fanout.write_extra(sink, sse, ws)
 
     def _welcome_generic(self, subscriber: Any) -> None:
         """Hook: what a new generic subscriber receives at once."""
 
     def close(self) -> None:
-        """End every subscriber's stream cleanly and drop the history.
+        """Deliver what is pending, then end every subscriber's stream cleanly and drop
+        the history.
 
         Handlers of this package finish their response (SSE) or close the WebSocket
-        normally. The store can be used again afterwards.
+        normally (code 1001). Call it before stopping the server, so that messages
+        submitted in the same event-loop iteration still go out. The store can be used
+        again afterwards.
         """
+        self._flush()
         for subscriber in tuple(self.subscribers):
             end = getattr(subscriber, "_tornadose_end", None)
             self.deregister(subscriber)
@@ -245,18 +327,60 @@ class _RingStore(BaseStore):
         self._ring.clear()
 
     def stats(self) -> dict[str, int]:
-        """Counters since the store was created, and the ring's current occupancy."""
+        """Counters since the store was created, and its current state.
+
+        ``messages`` submitted; ``retained``/``retained_bytes`` in the ring now;
+        ``delivered`` messages written (summed over subscribers) in ``writes`` writes;
+        ``lapped`` and ``timed_out`` subscribers the store disconnected (fell off the
+        ring; socket full past ``write_timeout``); ``conflated`` messages a DataStore
+        subscriber skipped; ``disconnected`` subscribers that left for any reason;
+        ``resumed`` subscribers that resumed from a Last-Event-ID and ``gaps`` that got a
+        gap notice instead; ``rejected`` over ``max_subscribers``; ``max_lag`` messages
+        the furthest-behind subscriber still has to receive.
+        """
         fanout = self._fanout
+        head = self._ring.head
         return {
             "subscribers": len(self.subscribers),
-            "messages": self._ring.head,
+            "messages": head - 1,
             "retained": len(self._ring),
             "retained_bytes": self._ring.nbytes,
             "delivered": fanout.delivered,
             "writes": fanout.writes,
             "lapped": fanout.lapped,
+            "timed_out": fanout.timed_out,
             "conflated": fanout.conflated,
+            "disconnected": self._disconnected,
+            "resumed": self._resumed,
+            "gaps": self._gaps,
+            "rejected": self._rejected,
+            "max_lag": max((head - sink.cursor for sink in fanout), default=0),
         }
+
+    def lag(self) -> list[dict[str, Any]]:
+        """Per fast-path subscriber: how far behind it is.
+
+        Each entry has ``subscriber`` (the handler), ``messages`` (in the ring, not yet
+        written to it) and ``bytes`` (those messages' frames plus what its connection
+        still has queued).
+        """
+        ring = self._ring
+        out = []
+        for subscriber in tuple(self.subscribers):
+            sink = getattr(subscriber, "_tornadose_sink", None)
+            if sink is None or sink not in self._fanout:
+                continue
+            kind = WS if sink.format == FORMAT_WS else SSE
+            queued = getattr(sink.stream, "_write_buffer", None)
+            frames = ring.frames(kind, max(sink.cursor, ring.tail))
+            out.append(
+                {
+                    "subscriber": subscriber,
+                    "messages": ring.head - sink.cursor,
+                    "bytes": sum(map(len, frames)) + (len(queued) if queued else 0),
+                }
+            )
+        return out
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._epoch.decode()}>"
@@ -305,9 +429,14 @@ class DataStore(_RingStore):
         self.set_data(message)
         return SUBMITTED
 
-    def _start_cursor(self) -> int:
-        # One behind the head: the newest value, if the ring still holds it.
-        return max(self._ring.tail, self._ring.head - 1)
+    def _resume_point(self, last_event_id: str | None) -> tuple[int, dict[str, Any] | None]:
+        # Latest-value semantics: a subscriber always gets the current value, unless it
+        # says it has seen exactly that value already. There is never a gap to report.
+        ring = self._ring
+        if last_event_id is not None and ring.head > ring.tail:
+            if last_event_id.encode("utf-8", "replace") == self._event_id(ring.head - 1):
+                return ring.head, None
+        return ring.tail, None
 
     def _welcome_generic(self, subscriber: Any) -> None:
         if self._data is not None:

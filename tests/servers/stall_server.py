@@ -1,12 +1,12 @@
 """A QueueStore server in its own process, so that its RSS can be measured alone.
 
-``python stall_server.py PORT``: ``/sse`` subscribes; ``POST /publish?count=N&size=B``
+``python stall_server.py PORT [--max-bytes N]``: ``/sse`` subscribes; ``POST /publish?count=N&size=B``
 submits N numbered messages of about B bytes, 100 per loop iteration; ``GET /stats``
 returns the store's counters and the process's RSS in bytes.
 """
 
+import argparse
 import asyncio
-import sys
 
 import tornado.web
 
@@ -44,8 +44,8 @@ class Stats(tornado.web.RequestHandler):
         self.write({**self.store.stats(), "rss": rss()})
 
 
-async def main(port: int) -> None:
-    store = QueueStore()
+async def main(port: int, max_bytes: int) -> None:
+    store = QueueStore(max_bytes=max_bytes)
     tornado.web.Application(
         [
             (r"/sse", EventSource, {"store": store}),
@@ -58,4 +58,8 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1])))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("port", type=int)
+    parser.add_argument("--max-bytes", type=int, default=16 * 1024 * 1024)
+    args = parser.parse_args()
+    asyncio.run(main(args.port, args.max_bytes))
