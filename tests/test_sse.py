@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tornadose.handlers import EventSource
+from tornadose.handlers import EventSource, WebSocketSubscriber
 from tornadose.stores import DataStore, QueueStore
 
 from .helpers import wait_until
@@ -124,3 +124,26 @@ async def test_store_close_ends_streams_cleanly(serve):
     assert [e.data for e in await client.read_until_closed(timeout=5)] == ["last"]
     assert client.closed_by_server
     assert len(store.subscribers) == 0
+
+
+async def test_store_event_name_labels_every_frame(serve):
+    from .helpers import LibWS
+
+    store = QueueStore(event="AAPL")
+    port = await serve([(r"/sse", EventSource, {"store": store}), (r"/ws", WebSocketSubscriber, {"store": store})])
+    client = await connect(port, store)
+    ws = await LibWS.connect(port, "/ws")
+    await wait_until(lambda: len(store.subscribers) == 2)
+    store.submit({"px": 1})
+    (event,) = await client.read_events(1)
+    assert (event.type, json.loads(event.data)) == ("AAPL", {"px": 1})
+    frame = json.loads(await ws.conn.recv())
+    assert (frame["event"], frame["data"]) == ("AAPL", {"px": 1})
+    client.close_fin()
+    await ws.close()
+
+
+@pytest.mark.parametrize("bad", ["", "a\nb", "x\r", "n\0"])
+def test_bad_event_names_are_refused(bad):
+    with pytest.raises(ValueError, match="event"):
+        QueueStore(event=bad)

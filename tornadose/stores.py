@@ -113,8 +113,11 @@ class _RingStore(BaseStore):
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_subscribers: int | None = None,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+        event: str | None = None,
         **kwargs: Any,
     ) -> None:
+        if event is not None and (not event or any(c in event for c in "\r\n\0")):
+            raise ValueError(f"event must be a non-empty name without CR, LF or NUL, got {event!r}")
         if max_message_size < 1:
             raise ValueError(f"max_message_size must be at least 1, got {max_message_size}")
         if max_subscribers is not None and max_subscribers < 1:
@@ -126,6 +129,8 @@ class _RingStore(BaseStore):
         self._fanout = Fanout(self._ring, self._conflate, write_timeout)
         self.max_message_size = max_message_size
         self.max_subscribers = max_subscribers
+        self.event = event
+        self._event = event.encode() if event is not None else None
         self._epoch = _new_epoch()
         self._id_prefix = self._epoch + b"-"
         self._generic: dict[Any, None] = {}
@@ -158,7 +163,7 @@ class _RingStore(BaseStore):
         anything changes.
         """
         ring = self._ring
-        sse, ws, size = build_frames(message, self._event_id(ring.head))
+        sse, ws, size = build_frames(message, self._event_id(ring.head), self._event)
         if size > self.max_message_size:
             raise ValueError(
                 f"message of {size} bytes exceeds max_message_size={self.max_message_size}"
@@ -449,7 +454,11 @@ class QueueStore(_RingStore):
     ``capacity`` (messages) and ``max_bytes`` (bytes of frames) bound the history that
     subscribers may lag behind; server memory stays within them whatever clients do. A
     subscriber that falls further behind is disconnected, never silently skipped.
-    ``max_message_size`` bounds one message's payload.
+    ``max_message_size`` bounds one message's payload. Keyword arguments shared by all
+    stores of this package: ``max_subscribers`` (extra clients get 503),
+    ``write_timeout`` (seconds a subscriber's socket may stay full before it is
+    dropped) and ``event`` (the SSE ``event:`` type of every message, also sent as
+    ``"event"`` in WebSocket frames; by default none, i.e. ``message`` events).
     """
 
     def initialize(self) -> None:
