@@ -15,6 +15,8 @@ Contenders:
 
 * ``reference``: tornadose 0.4.1 from PyPI, in ``bench/.venvs/reference``.
 * ``python``: this repository's tornadose with TORNADOSE_NO_EXTENSIONS=1.
+* ``cython``: this repository's tornadose with its compiled speedups (built
+  in place beforehand).
 """
 
 import argparse
@@ -38,15 +40,18 @@ RESULTS = REPO / "bench" / "results"
 
 
 def contender(name):
-    """Return (server argv prefix, env, directory tornadose must come from)."""
+    """Return (server argv prefix, env, directory tornadose must come from,
+    the ``tornadose.backend`` it must report)."""
     env = dict(os.environ)
+    env.pop("TORNADOSE_NO_EXTENSIONS", None)
     if name == "reference":
         # -I keeps the repository (cwd and script dir) off sys.path.
         argv = [venv_python("reference"), "-I", "bench/server.py"]
-        return argv, env, VENV_ROOT / "reference"
-    if name == "python":
-        env["TORNADOSE_NO_EXTENSIONS"] = "1"
-        return [sys.executable, "-m", "bench.server"], env, REPO / "tornadose"
+        return argv, env, VENV_ROOT / "reference", None
+    if name in ("python", "cython"):
+        if name == "python":
+            env["TORNADOSE_NO_EXTENSIONS"] = "1"
+        return [sys.executable, "-m", "bench.server"], env, REPO / "tornadose", name
     raise SystemExit(f"unknown contender {name!r}")
 
 
@@ -131,7 +136,7 @@ def log_problems(path):
 
 def run_one(name, transport, n, m, per_iter, size, timeout):
     """Run one burst for one contender; return a result dict."""
-    argv, env, origin = contender(name)
+    argv, env, origin, backend = contender(name)
     port = free_port()
     RESULTS.mkdir(parents=True, exist_ok=True)
     log_path = RESULTS / f"server-{name}-{transport}.log"
@@ -147,6 +152,8 @@ def run_one(name, transport, n, m, per_iter, size, timeout):
         info = wait_until(lambda: json.loads(request(port, "GET", "/info")), 30, procs, "server start")
         if not Path(info["tornadose_file"]).resolve().is_relative_to(origin.resolve()):
             raise RuntimeError(f"{name}: tornadose imported from {info['tornadose_file']}, not {origin}")
+        if info["backend"] != backend:
+            raise RuntimeError(f"{name}: tornadose backend is {info['backend']!r}, not {backend!r}")
         client = subprocess.Popen(
             [sys.executable, "-m", "bench.client", "--port", str(port), "--transport", transport,
              "-n", str(n), "--expect", str(m), "--timeout", str(timeout + 120)],
@@ -157,7 +164,10 @@ def run_one(name, transport, n, m, per_iter, size, timeout):
         wait_until(lambda: int(request(port, "GET", "/subscribers")) == n, 120, procs, "subscribers")
         cpu0 = cpu_seconds(server.pid)
         t0 = time.monotonic()
-        request(port, "POST", f"/burst?messages={m}&per_iter={per_iter}&size={size}", timeout)
+        try:
+            request(port, "POST", f"/burst?messages={m}&per_iter={per_iter}&size={size}", timeout)
+        except TimeoutError:
+            pass  # still submitting after `timeout`: the client reports what arrived
         try:
             out, _ = client.communicate(timeout=max(1.0, t0 + timeout - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -167,6 +177,8 @@ def run_one(name, transport, n, m, per_iter, size, timeout):
     finally:
         for proc in reversed(procs):
             stop(proc)
+    if client.returncode != 0 or not out:
+        raise RuntimeError(f"{name}: client failed with exit code {client.returncode}")
     report = json.loads(out)
     delivered = report["total"]
     wall = (report["t_last"] - t0) if report["t_last"] else float("nan")
@@ -177,14 +189,14 @@ def run_one(name, transport, n, m, per_iter, size, timeout):
         "m": m,
         "per_iter": per_iter,
         "size": size,
-        "tornadose": f"{info['tornadose']} ({info['tornadose_file']})",
+        "tornadose": f"{info['tornadose']} backend={info['backend']} ({info['tornadose_file']})",
         "delivered": delivered,
         "expected": n * m,
         "frames_min": report["min"],
         "frames_max": report["max"],
-        "client_errors": report["errors"],
+        "client_errors": [f"{report['error_count']} connection errors: {e}" for e in report["errors"]],
         "server_cpu_s": cpu1 - cpu0,
-        "us_per_delivery": (cpu1 - cpu0) / max(delivered, 1) * 1e6,
+        "us_per_delivery": (cpu1 - cpu0) / delivered * 1e6 if delivered else float("nan"),
         "wall_s": wall,
         "deliveries_per_s": delivered / wall if wall > 0 else float("nan"),
         "first_frame_ms": (report["t_first"] - t0) * 1e3 if report["t_first"] else float("nan"),
@@ -228,6 +240,8 @@ def main():
     parser.add_argument("--repeat", type=int, default=1, help="runs per contender, interleaved")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for delivery")
     args = parser.parse_args()
+    # Turn SIGTERM into SystemExit so run_one's cleanup stops the child processes.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     names = args.contenders.split(",")
     results = []
     for _ in range(args.repeat):

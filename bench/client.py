@@ -3,8 +3,8 @@
     python -m bench.client --port 8888 --transport sse -n 1000 --expect 1000
 
 Opens N sockets to ``/sse`` (HTTP GET) or ``/ws`` (hand-made RFC 6455
-handshake), then reads them all from one selector loop.  SSE events are
-counted as ``\\n\\n`` terminators in the de-chunked body; WebSocket messages as
+handshake), then reads them all from one selector loop.  SSE messages are
+counted as ``data:`` lines in the de-chunked body; WebSocket messages as
 final data frames, found by walking the unmasked frame headers without
 copying payloads.  Stops when every connection has ``--expect`` frames, at
 ``--timeout`` or on SIGTERM/SIGINT, and prints one JSON report on stdout:
@@ -32,7 +32,11 @@ class ProtocolError(Exception):
 
 
 class Subscriber:
-    """One connection: parses the response head, then counts body frames."""
+    """One connection: parses the response head, then counts body frames.
+
+    Subclasses set ``request`` (bytes to send) and implement ``check_head`` and
+    ``feed_body``.
+    """
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
@@ -63,14 +67,21 @@ class Subscriber:
 
 
 class SseSubscriber(Subscriber):
-    """Counts SSE events (``\\n\\n``) in a chunked or identity body."""
+    """Counts ``data:`` lines in a chunked or identity SSE body.
+
+    Each single-line message is one event with one ``data:`` line; ``retry:``,
+    ``id:`` and comment lines (heartbeats) are not counted.  Occurrences that
+    straddle a chunk or recv boundary are found via the last body bytes.
+    """
+
+    TOKEN = b"\ndata:"
 
     def __init__(self, sock, path, host):
         super().__init__(sock)
         self.request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode()
         self.chunk_left = 0  # data bytes left in the current chunk
         self.line = b""  # partial chunk-size line
-        self.last_nl = False  # did the previous body byte end in b"\n"?
+        self.tail = b"\n"  # last body bytes (len(TOKEN) - 1 at most); the body starts a line
 
     def check_head(self, status, headers):
         if status.split(" ", 2)[1:2] != ["200"]:
@@ -79,23 +90,25 @@ class SseSubscriber(Subscriber):
             self.chunk_left = float("inf")
 
     def feed_body(self, data):
+        if self.line:
+            data, self.line = self.line + data, b""
         pos, n = 0, len(data)
         while pos < n:
             if self.chunk_left:
                 end = n if pos + self.chunk_left >= n else pos + self.chunk_left
-                self.frames += data.count(b"\n\n", pos, end)
-                if self.last_nl and data[pos] == 10:
-                    self.frames += 1
-                self.last_nl = data[end - 1] == 10
+                keep = len(self.TOKEN) - 1
+                self.frames += data.count(self.TOKEN, pos, end)
+                self.frames += (self.tail + data[pos : min(end, pos + keep)]).count(self.TOKEN)
+                self.tail = (self.tail + data[max(pos, end - keep) : end])[-keep:]
                 self.chunk_left -= end - pos
                 pos = end
                 continue
             # Between chunks: b"\r\n" ending the previous chunk, then "<hex>\r\n".
             eol = data.find(b"\r\n", pos)
             if eol < 0:
-                self.line += data[pos:]
+                self.line = data[pos:]
                 return
-            line, self.line = self.line + data[pos:eol], b""
+            line = data[pos:eol]
             pos = eol + 2
             if line:
                 self.chunk_left = int(line.split(b";")[0], 16)

@@ -60,6 +60,7 @@ def provenance() -> dict:
     return {
         "tornadose": version,
         "tornadose_file": tornadose.__file__,
+        "backend": getattr(tornadose, "backend", None),
         "tornado": tornado.version,
         "python": sys.executable,
         "pid": os.getpid(),

@@ -19,7 +19,7 @@ from .fanout import FORMAT_WS, Fanout, Sink
 from .frames import build_frames
 from .ring import SSE, WS, Ring
 
-__all__ = ["GAP_EVENT", "BaseStore", "DataStore", "QueueStore"]
+__all__ = ["GAP_EVENT", "BaseStore", "DataStore", "QueueStore", "RedisStore"]
 
 logger = logging.getLogger("tornadose.stores")
 
@@ -472,3 +472,12 @@ class QueueStore(_RingStore):
         """
         self._append(message)
         return SUBMITTED
+
+
+def __getattr__(name: str) -> Any:
+    # RedisStore lives in its own module so that importing the stores never needs redis.
+    if name == "RedisStore":
+        from ._redis import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

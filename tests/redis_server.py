@@ -1,0 +1,143 @@
+"""A throwaway ``redis-server`` for tests: loopback only, free port, no persistence.
+
+Use the ``redis_server`` fixture (import it into a test module, or into conftest.py):
+it yields a :class:`RedisServer` that answers PING, whose ``port`` stays the same across
+``stop()`` / ``start()`` (to test outages), and stops it afterwards.
+
+Without ``redis-server`` on PATH (or redis-py) the tests using it are skipped, unless
+the environment sets ``TORNADOSE_REQUIRE_REDIS=1``: then they fail, so CI cannot pass
+by silently skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REQUIRED = os.environ.get("TORNADOSE_REQUIRE_REDIS", "") not in ("", "0")
+
+
+def unavailable(reason: str) -> None:
+    """Skip the current test, or fail it when Redis is required."""
+    if REQUIRED:
+        pytest.fail(f"{reason} (TORNADOSE_REQUIRE_REDIS is set)", pytrace=False)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ping(port: int, timeout: float = 0.5) -> bool:
+    """Whether a Redis server on 127.0.0.1:``port`` answers PING."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """One ``redis-server`` process on 127.0.0.1:``port``, restartable on that port."""
+
+    def __init__(self, executable: str, port: int, workdir: Path) -> None:
+        self.executable = executable
+        self.port = port
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the server and return once it answers PING."""
+        assert self.proc is None, "already running"
+        self.proc = subprocess.Popen(
+            [
+                self.executable,
+                "--bind", "127.0.0.1",
+                "--port", str(self.port),
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self.workdir),
+                "--loglevel", "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while not ping(self.port):
+            if self.proc.poll() is not None:
+                self.proc = None
+                raise RuntimeError(f"redis-server exited at start (port {self.port} taken?)")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not answer PING within {timeout}s")
+            time.sleep(0.01)
+
+    def stop(self, kill: bool = True) -> None:
+        """Stop the server: SIGKILL (a crash) by default, else SIGTERM."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
+        proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def cli(self, *args: str | bytes, input: bytes | None = None) -> bytes:
+        """Run ``redis-cli -p PORT *args`` (commands read from ``input`` when given) in
+        a real subprocess; return its output."""
+        executable = shutil.which("redis-cli")
+        if executable is None:
+            unavailable("redis-cli is not on PATH")
+        result = subprocess.run(
+            [executable, "-h", "127.0.0.1", "-p", str(self.port), *args],
+            input=input,
+            capture_output=True,
+            timeout=30,
+            check=True,
+        )
+        return result.stdout
+
+
+@pytest.fixture
+def redis_py() -> None:
+    """Skip (or fail, when Redis is required) without redis-py."""
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        unavailable('redis-py is not installed (pip install "tornadose[redis]")')
+
+
+@pytest.fixture
+def redis_server(redis_py: None, tmp_path: Path) -> Iterator[RedisServer]:
+    """A running ``redis-server`` for this test; see :class:`RedisServer`."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        unavailable("redis-server is not on PATH")
+    for attempt in range(3):
+        server = RedisServer(executable, free_port(), tmp_path)  # type: ignore[arg-type]
+        try:
+            server.start()
+            break
+        except RuntimeError:
+            # Another process took the free port first: try another one.
+            if attempt == 2:
+                raise
+    try:
+        yield server
+    finally:
+        server.stop()

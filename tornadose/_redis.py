@@ -1,0 +1,536 @@
+"""RedisStore: a QueueStore whose messages travel through a Redis pub/sub channel.
+
+Any number of processes (and any other program that PUBLISHes to the channel) share one
+stream: every message published to the channel reaches the subscribers of every
+process, in the order Redis delivers it, through the same ring and fan-out as
+:class:`~tornadose.stores.QueueStore`. Built on redis-py's asyncio client (with hiredis
+when installed); no threads. redis-py is imported only when a RedisStore is created, so
+``import tornadose.stores`` never needs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Generator
+from typing import Any, Optional
+
+from .frames import encode_message
+from .stores import SUBMITTED, _RingStore
+
+__all__ = ["RedisStore"]
+
+logger = logging.getLogger("tornadose.redis")
+
+# Messages sent to Redis in one pipelined round trip, at most.
+_BATCH = 256
+# How long publishing waits for the listener to (re)subscribe before going ahead.
+_LISTEN_WAIT = 5.0
+
+
+def _import_redis() -> Any:
+    """Return the ``redis`` package with its asyncio client, or say how to install it."""
+    try:
+        import redis
+        import redis.asyncio
+        import redis.asyncio.retry
+        import redis.backoff
+        import redis.exceptions
+    except ImportError as exc:
+        raise ImportError(
+            'RedisStore needs redis-py: install it with pip install "tornadose[redis]"',
+            name="redis",
+        ) from exc
+    return redis
+
+
+class _Publication:
+    """What :meth:`RedisStore.submit` returns.
+
+    A plain call may drop it: failures are then logged. Awaiting it (or yielding it
+    from a ``tornado.gen`` coroutine) waits until Redis accepted the message and raises
+    what went wrong instead. Cancelling the await does not withdraw the message.
+    """
+
+    __slots__ = ("_loop", "_future", "_done", "_error")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        # Created only when awaited: plain submits stay cheap, and an outcome nobody
+        # awaits never becomes a "Future exception was never retrieved".
+        self._future: Optional[asyncio.Future[None]] = None
+        self._done = False
+        self._error: Optional[BaseException] = None
+
+    @property
+    def _awaited(self) -> bool:
+        return self._future is not None
+
+    def __await__(self) -> Generator[Any, None, None]:
+        if not self._done:
+            if self._future is None:
+                self._future = self._loop.create_future()
+            # Shielded: a cancelled awaiter must not cancel the outcome for others.
+            yield from asyncio.shield(self._future).__await__()
+        if self._error is not None:
+            raise self._error
+
+    def _settle(self, error: Optional[BaseException]) -> None:
+        if self._done:
+            return
+        self._done, self._error = True, error
+        future = self._future
+        if future is not None and not future.done():
+            # The awaiter re-raises self._error itself; the future only wakes it.
+            future.set_result(None)
+
+    def done(self) -> bool:
+        """Whether the message was published, or failed to be."""
+        return self._done
+
+    def __repr__(self) -> str:
+        state = "pending" if not self._done else "failed" if self._error else "published"
+        return f"<tornadose publication {state}>"
+
+
+class RedisStore(_RingStore):
+    """Every message published to a Redis channel, in order, to every subscriber.
+
+    ``RedisStore(channel="tornadose", **redis_kwargs)``: ``redis_kwargs`` go to
+    ``redis.asyncio.Redis`` (``host``, ``port``, ``db``, ``password``, ``ssl``, ...);
+    ``capacity``, ``max_bytes`` and ``max_message_size`` are QueueStore's. Raises
+    ``ImportError`` when redis-py is not installed (``pip install "tornadose[redis]"``)
+    and ``TypeError`` for keyword arguments redis-py does not take.
+
+    The store can be created before any event loop runs. It connects lazily, on the
+    running loop, at the first of: ``await store.start()`` (or a plain
+    ``store.start()``), the first subscriber registering, the first ``submit()``. Await
+    ``store.start()`` during startup to be listening before the first client arrives.
+
+    Each process SUBSCRIBEs to the channel once. Every message on the channel, from any
+    publisher, is decoded as UTF-8 text and delivered like a QueueStore message: exactly
+    once, in Redis's order, to every subscriber registered when it arrives. WebSocket
+    clients therefore receive ``{"data": "<text>"}``; a dict submitted here arrives as
+    its JSON text. A payload that is not valid UTF-8 or exceeds ``max_message_size`` is
+    skipped with one WARNING.
+
+    Redis pub/sub delivers at most once: while this process is disconnected, messages
+    published to the channel do not reach it. When Redis goes away, subscribers stay
+    connected; the store reconnects with exponential backoff (``reconnect_delay_min``
+    doubling up to ``reconnect_delay_max`` seconds) and resubscribes, logging one
+    WARNING when the connection is lost and one INFO when it is back.
+    """
+
+    reconnect_delay_min: float = 0.1
+    reconnect_delay_max: float = 5.0
+    # Bytes of unpublished messages held while Redis is slow to answer (a hung
+    # connection, until redis-py's socket timeouts fire); beyond this, submit()s fail at
+    # once instead of growing memory without bound.
+    max_pending_bytes: int = 64 * 1024 * 1024
+
+    def initialize(self, channel: str = "tornadose", **redis_kwargs: Any) -> None:
+        self._redis = redis = _import_redis()
+        # Errors that mean "no usable connection": expected, reported without traceback.
+        self._connection_errors = (
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+            OSError,
+        )
+        self.channel = channel
+        self._redis_kwargs = redis_kwargs
+        if "unix_socket_path" in redis_kwargs:
+            self._where = str(redis_kwargs["unix_socket_path"])
+        else:
+            host = redis_kwargs.get("host", "localhost")
+            self._where = f"{host}:{redis_kwargs.get('port', 6379)}"
+        self._redis_loop: Optional[asyncio.AbstractEventLoop] = None
+        self._reset()
+        # Build the clients now so that bad keyword arguments fail here, not later
+        # inside a background task. No connection is opened yet.
+        self._publisher, self._listener = self._make_clients()
+
+    def _reset(self) -> None:
+        """Forget all connection state: the store is as new, clients aside."""
+        self._publisher: Any = None
+        self._listener: Any = None
+        self._reader: Optional[asyncio.Task[None]] = None
+        self._drainer: Optional[asyncio.Task[None]] = None
+        self._outbox: deque[tuple[bytes, bool, _Publication]] = deque()
+        self._outbox_bytes = 0
+        self._subscribed = False
+        self._start_waiters: list[asyncio.Future[None]] = []
+        self._attempt_waiters: list[asyncio.Future[None]] = []
+        self._wakeup: Optional[asyncio.Future[None]] = None
+        self._publish_failing = False
+
+    def _make_clients(self) -> tuple[Any, Any]:
+        redis = self._redis
+        no_retry = redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0)
+        # Raw bytes, so that invalid UTF-8 from other publishers is ours to report.
+        kwargs = {**self._redis_kwargs, "decode_responses": False}
+        # A retried PUBLISH may have been executed already: by default, never retry,
+        # so no message is published twice. The pool still replaces dead connections.
+        publisher = redis.asyncio.Redis(**{"retry": no_retry, **kwargs})
+        # The listener's reconnection policy is ours (backoff, one log line per outage).
+        listener = redis.asyncio.Redis(**{**kwargs, "retry": no_retry})
+        return publisher, listener
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _bind(self, caller: str) -> asyncio.AbstractEventLoop:
+        """Start listening on the running loop, once; return that loop.
+
+        Raises ``RuntimeError`` without a running loop in this thread, or when the store
+        is bound to another loop that is not closed (``shutdown()`` it first).
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                f"RedisStore.{caller} needs the event loop running in this thread; from "
+                "another thread use IOLoop.add_callback(store.submit, message)"
+            ) from None
+        if self._redis_loop is loop:
+            return loop
+        if self._redis_loop is not None:
+            if not self._redis_loop.is_closed():
+                raise RuntimeError(
+                    "RedisStore is in use by another event loop; call shutdown() first"
+                )
+            # That loop is gone, and with it every connection it held: start afresh.
+            self._reset()
+        self._redis_loop = loop
+        if self._publisher is None:
+            self._publisher, self._listener = self._make_clients()
+        self._wakeup = loop.create_future()
+        self._reader = loop.create_task(self._listen())
+        return loop
+
+    def start(self) -> asyncio.Future[None]:
+        """Start listening to the channel, if not started yet.
+
+        Returns a future resolved once this process is subscribed (at once if it is):
+        ``await store.start()`` returns when messages published from then on will be
+        delivered here. While Redis is unreachable it keeps waiting (wrap it in
+        ``asyncio.wait_for`` to bound that); it is cancelled by ``shutdown()``. Raises
+        ``RuntimeError`` without a running event loop.
+        """
+        loop = self._bind("start()")
+        future = loop.create_future()
+        if self._subscribed:
+            future.set_result(None)
+        else:
+            self._start_waiters.append(future)
+        return future
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether this process is subscribed to the channel right now."""
+        return self._subscribed
+
+    def register(self, subscriber: Any) -> None:
+        """Start publishing to ``subscriber``; starts listening to Redis if needed."""
+        super().register(subscriber)
+        if self._reader is None:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return  # not yet: start(), or the first submit() will
+            self._bind("register()")
+
+    def shutdown(self) -> Awaitable[None]:
+        """Stop listening and publishing and close the connections (the original's API).
+
+        Inside the running loop this schedules :meth:`aclose` and returns its task:
+        await it, or let the loop run, for the connections to close. With the loop
+        stopped it runs :meth:`aclose` to completion; from another thread it schedules
+        it on the loop. Subscribers stay registered (``close()`` ends their streams).
+        The store starts again if used again.
+        """
+        loop = self._redis_loop
+        if loop is None or loop.is_closed():
+            self._reset()
+            self._redis_loop = None
+            return SUBMITTED
+        try:
+            running: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            return loop.create_task(self.aclose())
+        if loop.is_running():
+            asyncio.run_coroutine_threadsafe(self.aclose(), loop)
+        else:
+            loop.run_until_complete(self.aclose())
+        return SUBMITTED
+
+    async def aclose(self) -> None:
+        """Stop listening and publishing and close the connections; idempotent.
+
+        Messages not yet published fail with ``ConnectionError`` (only their awaiters
+        hear of it), and pending ``start()`` futures are cancelled. The store starts
+        again if used again.
+        """
+        loop = self._redis_loop
+        if loop is None or loop.is_closed():
+            # Nothing to close, or nothing that can still be closed.
+            self._reset()
+            self._redis_loop = None
+            return
+        if loop is not asyncio.get_running_loop():
+            raise RuntimeError("RedisStore.aclose() must run on the loop the store uses")
+        # Detach everything first, without awaiting: a submit() during the close below
+        # then starts a fresh session instead of reviving this one.
+        tasks = [task for task in (self._reader, self._drainer) if task is not None]
+        outbox, waiters = self._outbox, self._start_waiters + self._attempt_waiters
+        clients = (self._publisher, self._listener)
+        self._reset()
+        self._redis_loop = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        closed = ConnectionError("RedisStore was shut down before the message was published")
+        for _, _, publication in outbox:
+            publication._settle(closed)
+        for future in waiters:
+            future.cancel()
+        for client in clients:
+            if client is not None:
+                await client.aclose(close_connection_pool=True)
+
+    # -- receiving ---------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Listen until cancelled, then close this session's connections."""
+        clients = (self._publisher, self._listener)
+        try:
+            await self._listen_forever(self._listener)
+        finally:
+            # Also reached when the loop is shut down under us (asyncio.run() cancels
+            # every task): the connections close while the loop can still close them.
+            for client in clients:
+                await client.aclose(close_connection_pool=True)
+
+    async def _listen_forever(self, listener: Any) -> None:
+        """Subscribe and deliver, forever; reconnect with backoff when Redis goes away."""
+        delay = self.reconnect_delay_min
+        outage = False  # a WARNING was logged for the current outage
+        while True:
+            pubsub = listener.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                while True:
+                    message = await pubsub.get_message(timeout=None)
+                    if message is None:
+                        continue
+                    if message["type"] == "message":
+                        self._receive(message["data"])
+                    elif message["type"] == "subscribe":
+                        # Confirmed: messages published from now on reach us.
+                        delay = self.reconnect_delay_min
+                        if outage:
+                            outage = False
+                            logger.info(
+                                "tornadose: reconnected to Redis at %s; receiving channel "
+                                "%r again",
+                                self._where,
+                                self.channel,
+                            )
+                        logger.debug("subscribed to %r at %s", self.channel, self._where)
+                        self._set_subscribed(True)
+            except self._connection_errors as exc:
+                # Expected when Redis restarts or the network fails: no traceback.
+                if not outage:
+                    outage = True
+                    logger.warning(
+                        "tornadose: no connection to Redis at %s (%s); not receiving channel "
+                        "%r until it is back (messages published meanwhile are lost to this "
+                        "process); reconnecting",
+                        self._where,
+                        exc,
+                        self.channel,
+                    )
+            except Exception:
+                # A bug or an unexpected reply: worth a traceback, once, but the reader
+                # must go on.
+                if not outage:
+                    outage = True
+                    logger.error(
+                        "tornadose: unexpected error reading Redis channel %r; reconnecting",
+                        self.channel,
+                        exc_info=True,
+                    )
+            finally:
+                self._set_subscribed(False)
+                try:
+                    await pubsub.aclose()
+                except Exception as exc:  # the connection is being thrown away anyway
+                    logger.debug("closing a Redis pub/sub connection failed: %s", exc)
+            self._attempted()
+            # Sleep, unless a publisher wants us listening before it publishes.
+            if self._wakeup is None or self._wakeup.done():
+                self._wakeup = asyncio.get_running_loop().create_future()
+            await asyncio.wait([self._wakeup], timeout=delay)
+            delay = min(delay * 2, self.reconnect_delay_max)
+
+    def _receive(self, data: bytes) -> None:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            # Another program published bytes that are not text: worth knowing.
+            logger.warning(
+                "tornadose: skipped a message on Redis channel %r: not valid UTF-8 (%s)",
+                self.channel,
+                exc,
+            )
+            return
+        try:
+            self._append(text)
+        except ValueError as exc:  # over max_message_size
+            logger.warning(
+                "tornadose: skipped a message on Redis channel %r: %s", self.channel, exc
+            )
+
+    def _set_subscribed(self, subscribed: bool) -> None:
+        self._subscribed = subscribed
+        if subscribed:
+            waiters, self._start_waiters = self._start_waiters, []
+            for future in waiters:
+                if not future.done():
+                    future.set_result(None)
+            self._attempted()
+
+    def _attempted(self) -> None:
+        """The listener finished a connection attempt, successful or not."""
+        waiters, self._attempt_waiters = self._attempt_waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(None)
+
+    # -- publishing --------------------------------------------------------------------
+
+    def submit(self, message: Any, debug: bool = False) -> _Publication:
+        """PUBLISH ``message`` to the channel; this process's subscribers get it back
+        through the subscription, like every other process's.
+
+        ``message`` is serialized as the SSE payload is (``str`` as is, UTF-8 ``bytes``
+        as text, anything else as JSON). Raises ``TypeError`` for an object that cannot
+        be serialized and ``ValueError`` for invalid UTF-8 or a payload over
+        ``max_message_size``, before anything is published; ``RuntimeError`` without a
+        running event loop in this thread.
+
+        Called plainly, it returns at once; consecutive calls are published in call
+        order. A failure (Redis unreachable) is then logged at ERROR, once until a
+        publication succeeds again. Awaited, it returns once Redis accepted the message,
+        and raises ``ConnectionError`` when Redis cannot be reached (other Redis errors
+        as redis-py raises them); nothing is logged. A failed PUBLISH is not retried,
+        so a message is never published twice (a ``retry=`` keyword argument to the
+        store changes that, for publishing only).
+
+        ``debug=True`` also logs the message at DEBUG and stores it under the channel
+        name for 5 seconds (``SET channel message EX 5``), as the original's SETEX did.
+        """
+        payload = encode_message(message)[0]
+        if len(payload) > self.max_message_size:
+            raise ValueError(
+                f"message of {len(payload)} bytes exceeds "
+                f"max_message_size={self.max_message_size}"
+            )
+        loop = self._bind("submit()")
+        publication = _Publication(loop)
+        if self._outbox_bytes + len(payload) > self.max_pending_bytes:
+            self._fail(
+                [publication],
+                ConnectionError(
+                    f"{self._outbox_bytes} bytes of messages are already waiting for Redis "
+                    f"(max_pending_bytes={self.max_pending_bytes})"
+                ),
+            )
+            return publication
+        if debug:
+            logger.debug("publishing to Redis channel %r: %r", self.channel, payload)
+        self._outbox.append((payload, debug, publication))
+        self._outbox_bytes += len(payload)
+        if self._drainer is None or self._drainer.done():
+            self._drainer = loop.create_task(self._drain())
+        return publication
+
+    async def _drain(self) -> None:
+        """Publish the outbox in order, pipelined, until it is empty."""
+        outbox = self._outbox
+        while outbox:
+            if not self._subscribed:
+                # Listen before publishing: a message published before our own
+                # subscription is active would reach other processes but not ours.
+                await asyncio.wait([self._listener_attempt()], timeout=_LISTEN_WAIT)
+                if not outbox:
+                    return
+            batch = [outbox.popleft() for _ in range(min(len(outbox), _BATCH))]
+            self._outbox_bytes -= sum(len(payload) for payload, _, _ in batch)
+            pipe = self._publisher.pipeline(transaction=False)
+            for payload, debug, _ in batch:
+                if debug:
+                    pipe.set(self.channel, payload, ex=5)  # the original's SETEX
+                pipe.publish(self.channel, payload)
+            try:
+                await pipe.execute()
+            except asyncio.CancelledError:
+                closed = ConnectionError("RedisStore was shut down while publishing")
+                for _, _, publication in batch:
+                    publication._settle(closed)
+                raise
+            except Exception as exc:
+                if isinstance(exc, self._connection_errors):
+                    error: Exception = ConnectionError(
+                        f"cannot publish to Redis at {self._where}: {exc}"
+                    )
+                    error.__cause__ = exc
+                    # What is still queued would meet the same dead server: fail it
+                    # now rather than let it pile up.
+                    batch.extend(outbox)
+                    outbox.clear()
+                    self._outbox_bytes = 0
+                else:
+                    error = exc
+                self._fail([publication for _, _, publication in batch], error)
+            else:
+                for _, _, publication in batch:
+                    publication._settle(None)
+                if self._publish_failing:
+                    self._publish_failing = False
+                    logger.info(
+                        "tornadose: publishing to Redis channel %r at %s works again",
+                        self.channel,
+                        self._where,
+                    )
+
+    def _listener_attempt(self) -> asyncio.Future[None]:
+        """A future resolved when the listener's current or next connection attempt
+        ends; wakes the listener from its backoff sleep."""
+        future = asyncio.get_running_loop().create_future()
+        self._attempt_waiters.append(future)
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+        return future
+
+    def _fail(self, publications: list[_Publication], error: Exception) -> None:
+        """Fail ``publications``: awaiters get ``error``; for the others, log it once
+        per failure burst."""
+        unheard = 0
+        for publication in publications:
+            publication._settle(error)
+            if not publication._awaited:
+                unheard += 1
+        if unheard and not self._publish_failing:
+            self._publish_failing = True
+            logger.error(
+                "tornadose: could not publish %d message(s) to Redis channel %r: %s "
+                "(further failures are not logged until publishing works again)",
+                unheard,
+                self.channel,
+                error,
+            )
+
+    def __repr__(self) -> str:
+        return f"<RedisStore {self.channel!r} at {self._where} {self._epoch.decode()}>"
