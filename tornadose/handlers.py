@@ -6,6 +6,12 @@ API-compatible with the original ``tornadose.handlers``. :class:`EventSource` an
 frames straight to their connection. Everywhere else (a custom store, a subclass that
 overrides ``publish`` or ``submit``) they take the generic path the original documents:
 the store calls ``submit(message)``, which calls ``publish(message)`` in order.
+
+:class:`TopicEventSource` and :class:`TopicWebSocketSubscriber` subscribe one connection
+to several stores of a :class:`~tornadose.topics.TopicRegistry`, named in the URL. All
+four share the per-connection machinery here: a connection subscribes a list of
+``(store, subscriber)`` targets (a plain handler is the one-target case, itself
+subscribed to its store), each target with its own cursor on the same socket.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import inspect
 import logging
 import random
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from tornado.ioloop import IOLoop
@@ -24,9 +31,16 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from . import stores
 from .fanout import FORMAT_SSE, FORMAT_SSE_CHUNKED, FORMAT_WS, Sink
-from .frames import encode_message, sse_event, ws_data_body
+from .frames import build_frames, encode_message, sse_event, ws_data_body
+from .topics import TopicError, TopicRegistry, UnknownTopicError
 
-__all__ = ["BaseHandler", "EventSource", "WebSocketSubscriber"]
+__all__ = [
+    "BaseHandler",
+    "EventSource",
+    "TopicEventSource",
+    "TopicWebSocketSubscriber",
+    "WebSocketSubscriber",
+]
 
 logger = logging.getLogger("tornadose.handlers")
 
@@ -43,6 +57,7 @@ DEFAULT_SSE_RETRY = 2000  # milliseconds, sent as the ``retry:`` reconnection hi
 # connection (code 1009) unless ``websocket_max_message_size`` says otherwise.
 DEFAULT_WS_MAX_INCOMING = 64 * 1024
 _HEARTBEAT = b":\n"
+_GAP_EVENT = stores.GAP_EVENT.encode()
 
 
 class BaseHandler(RequestHandler):
@@ -55,6 +70,11 @@ class BaseHandler(RequestHandler):
 
     store: stores.BaseStore
     _tornadose_sink: Sink | None = None
+    # What this connection subscribes: (store, subscriber) pairs. A plain handler is
+    # itself the subscriber of its one store; topic handlers subscribe one
+    # _Subscription per topic store. Empty until known, so that closing early is safe.
+    _targets: Sequence[tuple[stores.BaseStore, Any]] = ()
+    _reserved: Sequence[Any] = ()
 
     def initialize(self, store: stores.BaseStore) -> None:
         """Bind to ``store`` and register with it. Raises ``TypeError`` when ``store``
@@ -66,6 +86,7 @@ class BaseHandler(RequestHandler):
         if not isinstance(store, stores.BaseStore):
             raise TypeError(f"store must be a tornadose.stores.BaseStore, got {store!r}")
         self.store = store
+        self._targets = [(store, self)]
         self._outbox: deque[Any] = deque()
         self._draining = False
 
@@ -120,32 +141,50 @@ class BaseHandler(RequestHandler):
     def on_connection_close(self) -> None:
         # The client went away: a normal end, nothing to log.
         self._release_reservation()
-        self.store.deregister(self)
+        self._unsubscribe()
 
     def on_finish(self) -> None:
         # A finished response can receive nothing more.
         self._release_reservation()
-        self.store.deregister(self)
+        self._unsubscribe()
+
+    def _subscribe(self) -> None:
+        """Register every target; the places reserved for them become theirs."""
+        self._release_reservation()
+        for store, subscriber in self._targets:
+            store.register(subscriber)
+
+    def _unsubscribe(self) -> None:
+        for store, subscriber in self._targets:
+            store.deregister(subscriber)
 
     def _reserve(self) -> bool:
-        """Take a place in the store before the stream opens, or answer 503.
+        """Take a place in every target store before the stream opens, or answer 503.
 
         Stores with ``max_subscribers`` refuse extra clients with 503 and a jittered
         ``Retry-After``, so a reconnect storm spreads out instead of coming back at once.
+        A connection to several stores gets a place in all of them or in none.
         """
-        admit = getattr(self.store, "_admit", None)
-        if admit is None or admit():
-            self._reserved = admit is not None
-            return True
-        self.set_status(503)
-        self.set_header("Retry-After", str(random.randint(2, 10)))
-        self.finish("subscriber limit reached\n")
-        return False
+        reserved: list[Any] = []
+        for store, _ in self._targets:
+            admit = getattr(store, "_admit", None)
+            if admit is None:
+                continue
+            if not admit():
+                for taken in reserved:
+                    taken._release()
+                self.set_status(503)
+                self.set_header("Retry-After", str(random.randint(2, 10)))
+                self.finish("subscriber limit reached\n")
+                return False
+            reserved.append(store)
+        self._reserved = reserved
+        return True
 
     def _release_reservation(self) -> None:
-        if getattr(self, "_reserved", False):
-            self._reserved = False
-            self.store._release()  # type: ignore[attr-defined]
+        reserved, self._reserved = self._reserved, ()
+        for store in reserved:
+            store._release()
 
     def _last_event_id(self) -> str | None:
         # The header wins: a browser reconnecting to a URL that carries an old
@@ -156,12 +195,37 @@ class BaseHandler(RequestHandler):
             header = self.get_query_argument("last_event_id", None, strip=False)
         return header or None
 
-    def _drop(self) -> None:
-        """Deregister and close the connection (a subscriber that cannot be served)."""
-        self.store.deregister(self)
-        stream = self.request.connection.stream  # type: ignore[attr-defined]
+    def _fast_path(self, base: type) -> bool:
+        """Whether the stores may write frames straight to this connection: not when a
+        subclass of ``base`` overrides how messages are published."""
+        return not self._overrides(base, "publish", "submit")
+
+    def _attach(self, stream: Any, format: int, deliver: Any = None) -> None:
+        """Give every target a cursor (a Sink) on ``stream``: the fast path."""
+        for _, subscriber in self._targets:
+            subscriber._tornadose_sink = Sink(stream, format, self._lapped, deliver)
+
+    def _resume_from(self, last_event_id: str | None) -> None:
+        """Set where each target starts; the store decides from the id (see
+        ``register``). Topic handlers refine this for several stores."""
+        for _, subscriber in self._targets:
+            subscriber._tornadose_last_event_id = last_event_id
+
+    def _lapped(self) -> None:
+        # Fell off a store's ring: cut the connection (the client may reconnect); its
+        # close callback deregisters it.
+        logger.debug("%r lapped; disconnecting", self)
+        self._close_stream()
+
+    def _close_stream(self) -> None:
+        stream = self.request.connection.stream  # type: ignore[union-attr]
         if stream is not None and not stream.closed():
             stream.close()
+
+    def _drop(self) -> None:
+        """Deregister and close the connection (a subscriber that cannot be served)."""
+        self._unsubscribe()
+        self._close_stream()
 
     def _overrides(self, base: type, *names: str) -> bool:
         cls = type(self)
@@ -193,6 +257,9 @@ class EventSource(BaseHandler):
     ) -> None:
         """Bind to ``store``; registration happens once the stream is open."""
         self._bind(store)
+        self._init_stream(heartbeat_interval, retry)
+
+    def _init_stream(self, heartbeat_interval: float | None, retry: int | None) -> None:
         self._done: asyncio.Future[None] | None = None
         self._heartbeat_interval = heartbeat_interval
         self._retry = retry
@@ -208,7 +275,11 @@ class EventSource(BaseHandler):
         # Output transforms (gzip) cannot apply to frames written straight to the
         # socket, and compressing a live stream only adds latency.
         self._transforms = []
-        retry = self._retry if self._retry is not None else self.settings.get("sse_retry", DEFAULT_SSE_RETRY)
+        retry = (
+            self._retry
+            if self._retry is not None
+            else self.settings.get("sse_retry", DEFAULT_SSE_RETRY)
+        )
         if retry:
             self.write(b"retry: %d\n\n" % int(retry))
         self._done = asyncio.get_running_loop().create_future()
@@ -216,20 +287,18 @@ class EventSource(BaseHandler):
             await self.flush()
         except StreamClosedError:
             return
-        if self.request.connection.stream.closed():  # type: ignore[attr-defined]
+        if self.request.connection.stream.closed():  # type: ignore[union-attr]
             return
-        if not self._overrides(EventSource, "publish", "submit"):
+        if self._fast_path(EventSource):
             connection = self.request.connection
             chunked = getattr(connection, "_chunking_output", self.request.version == "HTTP/1.1")
-            self._tornadose_sink = Sink(
-                connection.stream,  # type: ignore[attr-defined]
+            self._attach(
+                connection.stream,  # type: ignore[union-attr]
                 FORMAT_SSE_CHUNKED if chunked else FORMAT_SSE,
-                self._lapped,
             )
-            self._tornadose_last_event_id = self._last_event_id()
+            self._resume_from(self._last_event_id())
             self._schedule_heartbeat()
-        self._release_reservation()
-        self.store.register(self)
+        self._subscribe()
         await self._done
 
     def publish(self, message: Any) -> Any:
@@ -241,12 +310,6 @@ class EventSource(BaseHandler):
     def on_connection_close(self) -> None:
         super().on_connection_close()
         self._resolve()
-
-    def _lapped(self) -> None:
-        # Fell off the ring: cut the connection (the client may reconnect); its close
-        # callback deregisters it.
-        logger.debug("%r lapped by %r; disconnecting", self, self.store)
-        self.request.connection.stream.close()  # type: ignore[attr-defined]
 
     def _tornadose_end(self) -> None:
         self._resolve()
@@ -266,14 +329,16 @@ class EventSource(BaseHandler):
             self._heartbeat_timer = IOLoop.current().call_later(interval, self._heartbeat, interval)
 
     def _heartbeat(self, interval: float) -> None:
-        sink = self._tornadose_sink
-        if sink is None or self._done is None or self._done.done():
+        if not self._targets or self._done is None or self._done.done():
             return
+        sinks = [subscriber._tornadose_sink for _, subscriber in self._targets]
         # Only idle streams need it: anything written since the last beat, or still
-        # queued, already tells the proxy the stream is alive.
-        if not sink.written and not sink.stream.writing():
-            self.store._write_extra(sink, _HEARTBEAT, None)  # type: ignore[attr-defined]
-        sink.written = False
+        # queued, already tells the proxy the stream is alive. Every target writes to
+        # the same stream, so one beat through the first serves them all.
+        if not any(sink.written for sink in sinks) and not sinks[0].stream.writing():
+            self._targets[0][0]._write_extra(sinks[0], _HEARTBEAT, None)  # type: ignore[attr-defined]
+        for sink in sinks:
+            sink.written = False
         self._heartbeat_timer = IOLoop.current().call_later(interval, self._heartbeat, interval)
 
 
@@ -305,26 +370,35 @@ class WebSocketSubscriber(BaseHandler, WebSocketHandler):
         connection = self.ws_connection
         if connection is None:
             return
-        if not self._overrides(WebSocketSubscriber, "publish", "submit"):
+        if self._fast_path(WebSocketSubscriber):
             compressed = getattr(connection, "_compressor", None) is not None
-            self._tornadose_sink = Sink(
+            self._attach(
                 connection.stream,  # type: ignore[attr-defined]
                 FORMAT_WS,
-                self._lapped,
                 self._write_frames if compressed else None,
             )
-            self._tornadose_last_event_id = (
-                self.get_query_argument("last_event_id", None, strip=False) or None
-            )
-        self._release_reservation()
-        self.store.register(self)
+            self._resume_from(self.get_query_argument("last_event_id", None, strip=False) or None)
+        self._subscribe()
 
     def on_message(self, message: str | bytes) -> None:
         """Ignore client messages: this socket only publishes."""
 
     def on_close(self) -> None:
         self._release_reservation()
-        self.store.deregister(self)
+        self._unsubscribe()
+
+    def on_finish(self) -> None:
+        # Status 101: the upgrade response is finished, the WebSocket lives on, and
+        # open() subscribes. Anything else (a refused upgrade) is the end.
+        if self.get_status() != 101:
+            super().on_finish()
+
+    def on_connection_close(self) -> None:
+        # BaseHandler's comes first in the MRO; Tornado's must run too, so that
+        # on_close() is called (subclasses of the original rely on it).
+        self._release_reservation()
+        self._unsubscribe()
+        WebSocketHandler.on_connection_close(self)
 
     def publish(self, message: Any) -> Any:
         """Send one message as ``{"data": message}`` (the generic path)."""
@@ -333,7 +407,7 @@ class WebSocketSubscriber(BaseHandler, WebSocketHandler):
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         # Stop raw writes before Tornado sends its close frame: nothing may follow it.
-        self.store.deregister(self)
+        self._unsubscribe()
         super().close(code, reason)
 
     def _write_frames(self, frames: list[bytes]) -> None:
@@ -345,16 +419,197 @@ class WebSocketSubscriber(BaseHandler, WebSocketHandler):
             except WebSocketClosedError:
                 return
 
-    def _lapped(self) -> None:
-        logger.debug("%r lapped by %r; disconnecting", self, self.store)
+    def _close_stream(self) -> None:
         connection = self.ws_connection
         if connection is not None:
-            connection.stream.close()  # type: ignore[attr-defined]
+            connection.stream.close()  # type: ignore[union-attr]
 
     def _tornadose_end(self) -> None:
         self.close(1001, "store closed")
 
-    def _drop(self) -> None:
-        self.store.deregister(self)
-        if self.ws_connection is not None:
-            self.ws_connection.stream.close()  # type: ignore[attr-defined]
+
+class _Subscription:
+    """One connection's subscription to one topic's store: what that store registers.
+
+    Always on the fast path: the store writes its frames (labelled with the topic) to
+    the connection's socket through ``_tornadose_sink``, so ``submit`` is never called;
+    it exists because stores require it of every subscriber.
+    """
+
+    __slots__ = ("handler", "topic", "_tornadose_sink", "_tornadose_last_event_id")
+
+    def __init__(self, handler: Any, topic: str) -> None:
+        self.handler = handler
+        self.topic = topic
+        self._tornadose_sink: Sink | None = None
+        self._tornadose_last_event_id: str | None = None
+
+    def submit(self, message: Any) -> stores._Submitted:
+        return stores.SUBMITTED
+
+    def _tornadose_end(self) -> None:
+        # One topic's store closed: end the whole connection (the client reconnects).
+        self.handler._end_topics()
+
+    def __repr__(self) -> str:
+        return f"<subscription to {self.topic!r} of {self.handler!r}>"
+
+
+class _TopicHandler:
+    """What the topic handlers add to EventSource and WebSocketSubscriber: targets
+    from the URL, one per topic, and the resume rule for several stores."""
+
+    registry: TopicRegistry
+    topics: list[str]
+    _targets: Sequence[tuple[stores.BaseStore, Any]]
+
+    def _bind_registry(self, registry: TopicRegistry) -> None:
+        if not isinstance(registry, TopicRegistry):
+            raise TypeError(f"registry must be a tornadose.topics.TopicRegistry, got {registry!r}")
+        self.registry = registry
+        self.topics = []
+        self._held: list[str] = []
+        self._gap_notices: list[tuple[Any, _Subscription, dict[str, Any]]] = []
+        self._counted = False
+
+    def _resolve_topics(self) -> bool:
+        """Find the topics the URL names (every path argument, and each ``topics``
+        query argument, as comma-separated lists) and hold their stores. Answers 400
+        (bad name, too many topics) or 404 (unknown topic) and returns False when that
+        fails."""
+        handler: Any = self
+        specs = [arg for arg in handler.path_args if arg]
+        specs += [arg for arg in handler.path_kwargs.values() if arg]
+        specs += handler.get_query_arguments("topics")
+        registry = self.registry
+        try:
+            names = registry.parse(specs)
+            topic_stores = registry.acquire(names)
+        except TopicError as exc:
+            handler.set_status(404 if isinstance(exc, UnknownTopicError) else 400)
+            handler.set_header("Content-Type", "text/plain; charset=utf-8")
+            handler.finish(f"{exc}\n")
+            return False
+        self.topics = self._held = names
+        self._targets = [
+            (store, _Subscription(self, name)) for name, store in zip(names, topic_stores)
+        ]
+        return True
+
+    def _fast_path(self, base: type) -> bool:
+        return True
+
+    def _resume_from(self, last_event_id: str | None) -> None:
+        """Decide where each topic starts, from the client's Last-Event-ID (one id, or
+        several comma-separated): the rule in :mod:`tornadose.topics`."""
+        targets = self._targets
+        ids = [i for i in (last_event_id or "").split(",")[: len(targets)] if i]
+        own: dict[bytes, str] = {}
+        for event_id in ids:
+            own.setdefault(event_id.rpartition("-")[0].encode("utf-8", "replace"), event_id)
+        tracked = any(store._epoch in own for store, _ in targets)  # type: ignore[attr-defined]
+        notices = []
+        for store, subscription in targets:
+            own_id = own.get(store._epoch)  # type: ignore[attr-defined]
+            subscription._tornadose_last_event_id = own_id
+            if not ids or getattr(store, "_conflate", False):
+                continue
+            if own_id is not None:
+                gap = store._resume_point(own_id)[1]  # type: ignore[attr-defined]
+            elif tracked:
+                gap = {"reason": "untracked", "last_event_id": last_event_id[:128], "missed": None}  # type: ignore[index]
+            else:
+                gap = store._resume_point(ids[0])[1]  # type: ignore[attr-defined]
+            if gap is None:
+                continue
+            # The notice is written here, labelled with its topic, instead of by the
+            # store: the topic starts live.
+            subscription._tornadose_last_event_id = None
+            gap["topic"] = subscription.topic
+            notices.append((store, subscription, gap))
+        self._gap_notices = notices
+
+    def _subscribe(self) -> None:
+        super()._subscribe()  # type: ignore[misc]
+        self.registry.connections += 1
+        self._counted = True
+        notices, self._gap_notices = self._gap_notices, []
+        for store, subscription, gap in notices:
+            # Its id is the topic's live position: resuming from it loses nothing more.
+            live = store._event_id(store._resume_point(None)[0] - 1)
+            sse, ws, _ = build_frames(gap, live, _GAP_EVENT)
+            store._gaps += 1
+            store._write_extra(subscription._tornadose_sink, sse, ws)
+
+    def _end_topics(self) -> None:
+        """A topic's store is closing: the connection ends after everything submitted
+        so far to any of its topics, as with one store."""
+        for store, subscription in self._targets:
+            sink = subscription._tornadose_sink
+            if sink is not None:
+                # Only this connection's cursor: flushing whole stores here would cost
+                # topics x subscribers for each connection a registry.close() ends.
+                store._fanout.flush_one(sink)  # type: ignore[attr-defined]
+        self._tornadose_end()  # type: ignore[attr-defined]
+
+    def _unsubscribe(self) -> None:
+        super()._unsubscribe()  # type: ignore[misc]
+        if self._counted:
+            self._counted = False
+            self.registry.connections -= 1
+        held, self._held = self._held, []
+        if held:
+            self.registry.release(held)
+
+
+class TopicEventSource(_TopicHandler, EventSource):
+    """SSE subscriber to one or several topics of a :class:`~tornadose.topics.TopicRegistry`.
+
+    The topics come from the URL: every path argument of the route (e.g.
+    ``r"/quotes/([^/]+)"``) and every ``topics`` query argument, each a comma-separated
+    list: ``/quotes/AAPL,MSFT``, ``/quotes?topics=AAPL,MSFT``. Each event's ``event:``
+    field is its topic (``es.addEventListener("AAPL", ...)``); order is kept within a
+    topic, not across topics. A latest-value topic sends its current value at once, then
+    each new value; an every-message topic every message. Resuming from Last-Event-ID
+    follows the rule in :mod:`tornadose.topics`; gap notices carry ``"topic"``.
+
+    Refused with a plain-text reason: 400 for a bad topic name (see
+    :func:`~tornadose.topics.check_topic_name`), no topic, more than
+    ``max_topics_per_subscriber`` topics, or a new topic past ``max_topics``; 404 for an
+    unknown topic when the registry does not create topics for subscribers; 503 as
+    :class:`EventSource` when a topic's store is at ``max_subscribers``. Retry hint,
+    heartbeats and closing as :class:`EventSource`; ``publish`` is not used.
+    """
+
+    def initialize(  # type: ignore[override]
+        self,
+        registry: TopicRegistry,
+        heartbeat_interval: float | None = None,
+        retry: int | None = None,
+    ) -> None:
+        """Bind to ``registry``; the topics are read from the request."""
+        self._bind_registry(registry)
+        self._init_stream(heartbeat_interval, retry)
+
+    def prepare(self) -> None:
+        if self._resolve_topics():
+            self._reserve()
+
+
+class TopicWebSocketSubscriber(_TopicHandler, WebSocketSubscriber):
+    """WebSocket subscriber to one or several topics, named in the URL as for
+    :class:`TopicEventSource` (refusals answer the upgrade request the same way).
+
+    Each frame is ``{"id": ..., "event": "<topic>", "data": ...}``; a client that
+    reconnects with ``?last_event_id=`` (one id, or the last id of each topic,
+    comma-separated) resumes as :class:`TopicEventSource` describes. Otherwise as
+    :class:`WebSocketSubscriber`.
+    """
+
+    def initialize(self, registry: TopicRegistry) -> None:  # type: ignore[override]
+        """Bind to ``registry``; the topics are read from the request."""
+        self._bind_registry(registry)
+
+    def prepare(self) -> None:
+        if self._resolve_topics():
+            self._reserve()
