@@ -6,6 +6,11 @@ process, in the order Redis delivers it, through the same ring and fan-out as
 :class:`~tornadose.stores.QueueStore`. Built on redis-py's asyncio client (with hiredis
 when installed); no threads. redis-py is imported only when a RedisStore is created, so
 ``import tornadose.stores`` never needs it.
+
+:class:`_RedisBase` holds what every Redis-backed store shares (lazy connection on the
+running loop, the listener's reconnection with backoff and its logging, the ordered,
+pipelined, bounded outbox behind ``submit()``, shutdown); :class:`RedisStore` adds pub/sub
+and :class:`~tornadose._redis_streams.RedisStreamStore` adds Redis Streams.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Generator
-from typing import Any, Optional
+from typing import Any
 
 from .frames import encode_message
 from .stores import SUBMITTED, _RingStore
@@ -45,6 +50,31 @@ def _import_redis() -> Any:
     return redis
 
 
+def _maint_notifications() -> Any:
+    """redis-py's ``maint_notifications`` module, or ``None`` where it has none."""
+    try:
+        import redis.maint_notifications
+    except ImportError:
+        return None
+    return redis.maint_notifications
+
+
+def _check_cancelled() -> None:
+    """Raise ``CancelledError`` if the current task was cancelled but the cancellation
+    got lost on the way.
+
+    redis-py's asyncio client can swallow a cancellation: with a ``socket_timeout``
+    (5 s by default in redis-py 8) it sends commands through ``asyncio.wait_for``, which
+    before Python 3.12 returns normally when the write completes as the cancellation
+    arrives (CPython gh-86296). The command then runs to its end and the task goes on
+    as if nothing happened; ``Task.cancelling()`` (3.11+) still tells.
+    """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    if cancelling is not None and cancelling():
+        raise asyncio.CancelledError
+
+
 class _Publication:
     """What :meth:`RedisStore.submit` returns.
 
@@ -53,15 +83,16 @@ class _Publication:
     what went wrong instead. Cancelling the await does not withdraw the message.
     """
 
-    __slots__ = ("_loop", "_future", "_done", "_error")
+    __slots__ = ("_loop", "_future", "_done", "_error", "_result")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         # Created only when awaited: plain submits stay cheap, and an outcome nobody
         # awaits never becomes a "Future exception was never retrieved".
-        self._future: Optional[asyncio.Future[None]] = None
+        self._future: asyncio.Future[None] | None = None
         self._done = False
-        self._error: Optional[BaseException] = None
+        self._error: BaseException | None = None
+        self._result: Any = None
 
     @property
     def _awaited(self) -> bool:
@@ -75,11 +106,12 @@ class _Publication:
             yield from asyncio.shield(self._future).__await__()
         if self._error is not None:
             raise self._error
+        return self._result
 
-    def _settle(self, error: Optional[BaseException]) -> None:
+    def _settle(self, error: BaseException | None, result: Any = None) -> None:
         if self._done:
             return
-        self._done, self._error = True, error
+        self._done, self._error, self._result = True, error, result
         future = self._future
         if future is not None and not future.done():
             # The awaiter re-raises self._error itself; the future only wakes it.
@@ -94,32 +126,18 @@ class _Publication:
         return f"<tornadose publication {state}>"
 
 
-class RedisStore(_RingStore):
-    """Every message published to a Redis channel, in order, to every subscriber.
+class _RedisBase(_RingStore):
+    """What the Redis-backed stores share: a ring and fan-out like QueueStore's, fed by
+    a listener task that reads from Redis, and a publisher behind ``submit()``.
 
-    ``RedisStore(channel="tornadose", **redis_kwargs)``: ``redis_kwargs`` go to
-    ``redis.asyncio.Redis`` (``host``, ``port``, ``db``, ``password``, ``ssl``, ...);
-    ``capacity``, ``max_bytes`` and ``max_message_size`` are QueueStore's. Raises
-    ``ImportError`` when redis-py is not installed (``pip install "tornadose[redis]"``)
-    and ``TypeError`` for keyword arguments redis-py does not take.
+    Subclasses call :meth:`_setup` from ``initialize`` and implement :meth:`_session`
+    (read from Redis on one connection until it fails, calling :meth:`_connected` once
+    reading works), :meth:`_queue` (the command(s) that publish one message),
+    :meth:`_ready_to_publish` and :meth:`_outage_consequence`.
 
     The store can be created before any event loop runs. It connects lazily, on the
     running loop, at the first of: ``await store.start()`` (or a plain
-    ``store.start()``), the first subscriber registering, the first ``submit()``. Await
-    ``store.start()`` during startup to be listening before the first client arrives.
-
-    Each process SUBSCRIBEs to the channel once. Every message on the channel, from any
-    publisher, is decoded as UTF-8 text and delivered like a QueueStore message: exactly
-    once, in Redis's order, to every subscriber registered when it arrives. WebSocket
-    clients therefore receive ``{"data": "<text>"}``; a dict submitted here arrives as
-    its JSON text. A payload that is not valid UTF-8 or exceeds ``max_message_size`` is
-    skipped with one WARNING.
-
-    Redis pub/sub delivers at most once: while this process is disconnected, messages
-    published to the channel do not reach it. When Redis goes away, subscribers stay
-    connected; the store reconnects with exponential backoff (``reconnect_delay_min``
-    doubling up to ``reconnect_delay_max`` seconds) and resubscribes, logging one
-    WARNING when the connection is lost and one INFO when it is back.
+    ``store.start()``), the first subscriber registering, the first ``submit()``.
     """
 
     reconnect_delay_min: float = 0.1
@@ -129,7 +147,10 @@ class RedisStore(_RingStore):
     # once instead of growing memory without bound.
     max_pending_bytes: int = 64 * 1024 * 1024
 
-    def initialize(self, channel: str = "tornadose", **redis_kwargs: Any) -> None:
+    def _setup(self, source: str, redis_kwargs: dict[str, Any]) -> None:
+        """Check and keep ``redis_kwargs``; ``source`` names what is read in log
+        messages (``"channel 'tornadose'"``). Raises ``ImportError`` without redis-py
+        and ``TypeError`` for keyword arguments redis-py does not take."""
         self._redis = redis = _import_redis()
         # Errors that mean "no usable connection": expected, reported without traceback.
         self._connection_errors = (
@@ -137,14 +158,14 @@ class RedisStore(_RingStore):
             redis.exceptions.TimeoutError,
             OSError,
         )
-        self.channel = channel
+        self._source = source
         self._redis_kwargs = redis_kwargs
         if "unix_socket_path" in redis_kwargs:
             self._where = str(redis_kwargs["unix_socket_path"])
         else:
             host = redis_kwargs.get("host", "localhost")
             self._where = f"{host}:{redis_kwargs.get('port', 6379)}"
-        self._redis_loop: Optional[asyncio.AbstractEventLoop] = None
+        self._redis_loop: asyncio.AbstractEventLoop | None = None
         self._reset()
         # Build the clients now so that bad keyword arguments fail here, not later
         # inside a background task. No connection is opened yet.
@@ -154,21 +175,32 @@ class RedisStore(_RingStore):
         """Forget all connection state: the store is as new, clients aside."""
         self._publisher: Any = None
         self._listener: Any = None
-        self._reader: Optional[asyncio.Task[None]] = None
-        self._drainer: Optional[asyncio.Task[None]] = None
+        self._reader: asyncio.Task[None] | None = None
+        self._drainer: asyncio.Task[None] | None = None
         self._outbox: deque[tuple[bytes, bool, _Publication]] = deque()
         self._outbox_bytes = 0
         self._subscribed = False
         self._start_waiters: list[asyncio.Future[None]] = []
         self._attempt_waiters: list[asyncio.Future[None]] = []
-        self._wakeup: Optional[asyncio.Future[None]] = None
+        self._wakeup: asyncio.Future[None] | None = None
         self._publish_failing = False
+        self._delay = self.reconnect_delay_min
+        self._outage = False  # a WARNING was logged for the current outage
 
     def _make_clients(self) -> tuple[Any, Any]:
         redis = self._redis
         no_retry = redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0)
         # Raw bytes, so that invalid UTF-8 from other publishers is ours to report.
         kwargs = {**self._redis_kwargs, "decode_responses": False}
+        config = getattr(_maint_notifications(), "MaintNotificationsConfig", None)
+        if config is not None and "maint_notifications_config" not in kwargs:
+            # redis-py 8.1 with maintenance notifications on "auto" (the default) hands
+            # out pooled connections the server has closed (after a Redis restart, an
+            # idle timeout, CLIENT KILL), so the first command after one fails:
+            # redis/redis-py#4252, fixed by #4260. With them off, the pool replaces such
+            # connections. They only matter to Redis Enterprise/Cloud failover hints;
+            # passing maint_notifications_config= keeps the caller's choice.
+            kwargs["maint_notifications_config"] = config(enabled=False)
         # A retried PUBLISH may have been executed already: by default, never retry,
         # so no message is published twice. The pool still replaces dead connections.
         publisher = redis.asyncio.Redis(**{"retry": no_retry, **kwargs})
@@ -184,20 +216,19 @@ class RedisStore(_RingStore):
         Raises ``RuntimeError`` without a running loop in this thread, or when the store
         is bound to another loop that is not closed (``shutdown()`` it first).
         """
+        name = type(self).__name__
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             raise RuntimeError(
-                f"RedisStore.{caller} needs the event loop running in this thread; from "
+                f"{name}.{caller} needs the event loop running in this thread; from "
                 "another thread use IOLoop.add_callback(store.submit, message)"
             ) from None
         if self._redis_loop is loop:
             return loop
         if self._redis_loop is not None:
             if not self._redis_loop.is_closed():
-                raise RuntimeError(
-                    "RedisStore is in use by another event loop; call shutdown() first"
-                )
+                raise RuntimeError(f"{name} is in use by another event loop; call shutdown() first")
             # That loop is gone, and with it every connection it held: start afresh.
             self._reset()
         self._redis_loop = loop
@@ -208,11 +239,11 @@ class RedisStore(_RingStore):
         return loop
 
     def start(self) -> asyncio.Future[None]:
-        """Start listening to the channel, if not started yet.
+        """Start listening, if not started yet.
 
-        Returns a future resolved once this process is subscribed (at once if it is):
-        ``await store.start()`` returns when messages published from then on will be
-        delivered here. While Redis is unreachable it keeps waiting (wrap it in
+        Returns a future resolved once this process receives from Redis (at once if it
+        does): ``await store.start()`` returns when messages published from then on
+        will be delivered here. While Redis is unreachable it keeps waiting (wrap it in
         ``asyncio.wait_for`` to bound that); it is cancelled by ``shutdown()``. Raises
         ``RuntimeError`` without a running event loop.
         """
@@ -226,7 +257,7 @@ class RedisStore(_RingStore):
 
     @property
     def subscribed(self) -> bool:
-        """Whether this process is subscribed to the channel right now."""
+        """Whether this process is receiving from Redis right now."""
         return self._subscribed
 
     def register(self, subscriber: Any) -> None:
@@ -254,7 +285,7 @@ class RedisStore(_RingStore):
             self._redis_loop = None
             return SUBMITTED
         try:
-            running: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is loop:
@@ -279,7 +310,9 @@ class RedisStore(_RingStore):
             self._redis_loop = None
             return
         if loop is not asyncio.get_running_loop():
-            raise RuntimeError("RedisStore.aclose() must run on the loop the store uses")
+            raise RuntimeError(
+                f"{type(self).__name__}.aclose() must run on the loop the store uses"
+            )
         # Detach everything first, without awaiting: a submit() during the close below
         # then starts a fresh session instead of reviving this one.
         tasks = [task for task in (self._reader, self._drainer) if task is not None]
@@ -289,8 +322,18 @@ class RedisStore(_RingStore):
         self._redis_loop = None
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        closed = ConnectionError("RedisStore was shut down before the message was published")
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=0.05)
+            if pending:
+                # A cancellation lost inside redis-py (see _check_cancelled) leaves a
+                # blocking read running until Redis answers: cut its connections.
+                for client in clients:
+                    if client is not None:
+                        await client.connection_pool.disconnect()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        closed = ConnectionError(
+            f"{type(self).__name__} was shut down before the message was published"
+        )
         for _, _, publication in outbox:
             publication._settle(closed)
         for future in waiters:
@@ -313,66 +356,263 @@ class RedisStore(_RingStore):
                 await client.aclose(close_connection_pool=True)
 
     async def _listen_forever(self, listener: Any) -> None:
-        """Subscribe and deliver, forever; reconnect with backoff when Redis goes away."""
-        delay = self.reconnect_delay_min
-        outage = False  # a WARNING was logged for the current outage
+        """Read from Redis forever; reconnect with backoff when Redis goes away."""
+        self._delay = self.reconnect_delay_min
+        self._outage = False
         while True:
-            pubsub = listener.pubsub()
             try:
-                await pubsub.subscribe(self.channel)
-                while True:
-                    message = await pubsub.get_message(timeout=None)
-                    if message is None:
-                        continue
-                    if message["type"] == "message":
-                        self._receive(message["data"])
-                    elif message["type"] == "subscribe":
-                        # Confirmed: messages published from now on reach us.
-                        delay = self.reconnect_delay_min
-                        if outage:
-                            outage = False
-                            logger.info(
-                                "tornadose: reconnected to Redis at %s; receiving channel "
-                                "%r again",
-                                self._where,
-                                self.channel,
-                            )
-                        logger.debug("subscribed to %r at %s", self.channel, self._where)
-                        self._set_subscribed(True)
+                await self._session(listener)
             except self._connection_errors as exc:
+                _check_cancelled()  # aclose() cut the connection under a lost cancel
                 # Expected when Redis restarts or the network fails: no traceback.
-                if not outage:
-                    outage = True
+                if not self._outage:
+                    self._outage = True
                     logger.warning(
-                        "tornadose: no connection to Redis at %s (%s); not receiving channel "
-                        "%r until it is back (messages published meanwhile are lost to this "
-                        "process); reconnecting",
+                        "tornadose: no connection to Redis at %s (%s); %s; reconnecting",
                         self._where,
                         exc,
-                        self.channel,
+                        self._outage_consequence(),
                     )
             except Exception:
+                _check_cancelled()
                 # A bug or an unexpected reply: worth a traceback, once, but the reader
                 # must go on.
-                if not outage:
-                    outage = True
+                if not self._outage:
+                    self._outage = True
                     logger.error(
-                        "tornadose: unexpected error reading Redis channel %r; reconnecting",
-                        self.channel,
+                        "tornadose: unexpected error reading Redis %s; reconnecting",
+                        self._source,
                         exc_info=True,
                     )
             finally:
                 self._set_subscribed(False)
-                try:
-                    await pubsub.aclose()
-                except Exception as exc:  # the connection is being thrown away anyway
-                    logger.debug("closing a Redis pub/sub connection failed: %s", exc)
             self._attempted()
             # Sleep, unless a publisher wants us listening before it publishes.
             if self._wakeup is None or self._wakeup.done():
                 self._wakeup = asyncio.get_running_loop().create_future()
-            await asyncio.wait([self._wakeup], timeout=delay)
-            delay = min(delay * 2, self.reconnect_delay_max)
+            await asyncio.wait([self._wakeup], timeout=self._delay)
+            self._delay = min(self._delay * 2, self.reconnect_delay_max)
+
+    async def _session(self, listener: Any) -> None:
+        """Hook: read from Redis on ``listener`` until the connection fails (raise);
+        call :meth:`_connected` once messages published from now on will be read."""
+        raise NotImplementedError
+
+    def _outage_consequence(self) -> str:
+        """Hook: what an outage means for subscribers, for the WARNING logged."""
+        raise NotImplementedError
+
+    def _connected(self) -> None:
+        """The listener receives from Redis (again): reset the backoff, say so."""
+        self._delay = self.reconnect_delay_min
+        if self._outage:
+            self._outage = False
+            logger.info(
+                "tornadose: reconnected to Redis at %s; receiving %s again",
+                self._where,
+                self._source,
+            )
+        logger.debug("receiving %s at %s", self._source, self._where)
+        self._set_subscribed(True)
+
+    def _set_subscribed(self, subscribed: bool) -> None:
+        self._subscribed = subscribed
+        if subscribed:
+            waiters, self._start_waiters = self._start_waiters, []
+            for future in waiters:
+                if not future.done():
+                    future.set_result(None)
+            self._attempted()
+
+    def _attempted(self) -> None:
+        """The listener finished a connection attempt, successful or not."""
+        waiters, self._attempt_waiters = self._attempt_waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(None)
+
+    # -- publishing --------------------------------------------------------------------
+
+    def _enqueue(self, message: Any, debug: bool) -> _Publication:
+        """Serialize ``message`` and queue it for publication, in call order."""
+        payload = encode_message(message)[0]
+        if len(payload) > self.max_message_size:
+            raise ValueError(
+                f"message of {len(payload)} bytes exceeds "
+                f"max_message_size={self.max_message_size}"
+            )
+        loop = self._bind("submit()")
+        publication = _Publication(loop)
+        if self._outbox_bytes + len(payload) > self.max_pending_bytes:
+            self._fail(
+                [publication],
+                ConnectionError(
+                    f"{self._outbox_bytes} bytes of messages are already waiting for Redis "
+                    f"(max_pending_bytes={self.max_pending_bytes})"
+                ),
+            )
+            return publication
+        if debug:
+            logger.debug("publishing to Redis %s: %r", self._source, payload)
+        self._outbox.append((payload, debug, publication))
+        self._outbox_bytes += len(payload)
+        if self._drainer is None or self._drainer.done():
+            self._drainer = loop.create_task(self._drain())
+        return publication
+
+    def _ready_to_publish(self) -> bool:
+        """Hook: whether publishing may go ahead without waiting for the listener."""
+        return self._subscribed
+
+    def _queue(self, pipe: Any, payload: bytes, debug: bool) -> None:
+        """Hook: add the command(s) publishing ``payload`` to ``pipe``; the reply of the
+        last one is what :meth:`_result` gets."""
+        raise NotImplementedError
+
+    def _result(self, reply: Any) -> Any:
+        """Hook: what awaiting ``submit()`` returns, from its last command's reply."""
+        return None
+
+    async def _drain(self) -> None:
+        """Publish the outbox in order, pipelined, until it is empty."""
+        outbox = self._outbox
+        while outbox:
+            _check_cancelled()  # shut down: what is left was failed by aclose()
+            if not self._ready_to_publish():
+                # Listen before publishing: a message published before our own
+                # listener reads would reach other processes but not ours.
+                await asyncio.wait([self._listener_attempt()], timeout=_LISTEN_WAIT)
+                if not outbox:
+                    return
+            batch = [outbox.popleft() for _ in range(min(len(outbox), _BATCH))]
+            self._outbox_bytes -= sum(len(payload) for payload, _, _ in batch)
+            pipe = self._publisher.pipeline(transaction=False)
+            ends = []
+            for payload, debug, _ in batch:
+                self._queue(pipe, payload, debug)
+                ends.append(len(pipe) - 1)
+            try:
+                replies = await pipe.execute()
+            except asyncio.CancelledError:
+                closed = ConnectionError(f"{type(self).__name__} was shut down while publishing")
+                for _, _, publication in batch:
+                    publication._settle(closed)
+                raise
+            except Exception as exc:
+                if isinstance(exc, self._connection_errors):
+                    error: Exception = ConnectionError(
+                        f"cannot publish to Redis at {self._where}: {exc}"
+                    )
+                    error.__cause__ = exc
+                    # What is still queued would meet the same dead server: fail it
+                    # now rather than let it pile up.
+                    batch.extend(outbox)
+                    outbox.clear()
+                    self._outbox_bytes = 0
+                else:
+                    error = exc
+                self._fail([publication for _, _, publication in batch], error)
+            else:
+                for (_, _, publication), end in zip(batch, ends):
+                    publication._settle(None, self._result(replies[end]))
+                if self._publish_failing:
+                    self._publish_failing = False
+                    logger.info(
+                        "tornadose: publishing to Redis %s at %s works again",
+                        self._source,
+                        self._where,
+                    )
+
+    def _listener_attempt(self) -> asyncio.Future[None]:
+        """A future resolved when the listener's current or next connection attempt
+        ends; wakes the listener from its backoff sleep."""
+        future = asyncio.get_running_loop().create_future()
+        self._attempt_waiters.append(future)
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+        return future
+
+    def _fail(self, publications: list[_Publication], error: Exception) -> None:
+        """Fail ``publications``: awaiters get ``error``; for the others, log it once
+        per failure burst."""
+        unheard = 0
+        for publication in publications:
+            publication._settle(error)
+            if not publication._awaited:
+                unheard += 1
+        if unheard and not self._publish_failing:
+            self._publish_failing = True
+            logger.error(
+                "tornadose: could not publish %d message(s) to Redis %s: %s "
+                "(further failures are not logged until publishing works again)",
+                unheard,
+                self._source,
+                error,
+            )
+
+
+class RedisStore(_RedisBase):
+    """Every message published to a Redis channel, in order, to every subscriber.
+
+    ``RedisStore(channel="tornadose", **redis_kwargs)``: ``redis_kwargs`` go to
+    ``redis.asyncio.Redis`` (``host``, ``port``, ``db``, ``password``, ``ssl``, ...);
+    ``capacity``, ``max_bytes`` and ``max_message_size`` are QueueStore's. Raises
+    ``ImportError`` when redis-py is not installed (``pip install "tornadose[redis]"``)
+    and ``TypeError`` for keyword arguments redis-py does not take.
+
+    The store can be created before any event loop runs. It connects lazily, on the
+    running loop, at the first of: ``await store.start()`` (or a plain
+    ``store.start()``), the first subscriber registering, the first ``submit()``. Await
+    ``store.start()`` during startup to be listening before the first client arrives.
+
+    Each process SUBSCRIBEs to the channel once. Every message on the channel, from any
+    publisher, is decoded as UTF-8 text and delivered like a QueueStore message: exactly
+    once, in Redis's order, to every subscriber registered when it arrives. WebSocket
+    clients therefore receive ``{"data": "<text>"}``; a dict submitted here arrives as
+    its JSON text. A payload that is not valid UTF-8 or exceeds ``max_message_size`` is
+    skipped with one WARNING.
+
+    Redis pub/sub delivers at most once: while this process is disconnected, messages
+    published to the channel do not reach it. When Redis goes away, subscribers stay
+    connected; the store reconnects with exponential backoff (``reconnect_delay_min``
+    doubling up to ``reconnect_delay_max`` seconds) and resubscribes, logging one
+    WARNING when the connection is lost and one INFO when it is back. For history that
+    survives disconnections, and resuming on any process, see
+    :class:`~tornadose.stores.RedisStreamStore`.
+    """
+
+    def initialize(self, channel: str = "tornadose", **redis_kwargs: Any) -> None:
+        self.channel = channel
+        self._setup(f"channel {channel!r}", redis_kwargs)
+
+    # -- receiving ---------------------------------------------------------------------
+
+    async def _session(self, listener: Any) -> None:
+        """Subscribe and deliver until the connection fails."""
+        pubsub = listener.pubsub()
+        try:
+            await pubsub.subscribe(self.channel)
+            while True:
+                message = await pubsub.get_message(timeout=None)
+                if message is None:
+                    continue
+                if message["type"] == "message":
+                    self._receive(message["data"])
+                elif message["type"] == "subscribe":
+                    # Confirmed: messages published from now on reach us.
+                    self._connected()
+        finally:
+            self._set_subscribed(False)
+            try:
+                await pubsub.aclose()
+            except Exception as exc:  # the connection is being thrown away anyway
+                logger.debug("closing a Redis pub/sub connection failed: %s", exc)
+
+    def _outage_consequence(self) -> str:
+        return (
+            f"not receiving {self._source} until it is back (messages published "
+            "meanwhile are lost to this process)"
+        )
 
     def _receive(self, data: bytes) -> None:
         try:
@@ -391,22 +631,6 @@ class RedisStore(_RingStore):
             logger.warning(
                 "tornadose: skipped a message on Redis channel %r: %s", self.channel, exc
             )
-
-    def _set_subscribed(self, subscribed: bool) -> None:
-        self._subscribed = subscribed
-        if subscribed:
-            waiters, self._start_waiters = self._start_waiters, []
-            for future in waiters:
-                if not future.done():
-                    future.set_result(None)
-            self._attempted()
-
-    def _attempted(self) -> None:
-        """The listener finished a connection attempt, successful or not."""
-        waiters, self._attempt_waiters = self._attempt_waiters, []
-        for future in waiters:
-            if not future.done():
-                future.set_result(None)
 
     # -- publishing --------------------------------------------------------------------
 
@@ -431,106 +655,12 @@ class RedisStore(_RingStore):
         ``debug=True`` also logs the message at DEBUG and stores it under the channel
         name for 5 seconds (``SET channel message EX 5``), as the original's SETEX did.
         """
-        payload = encode_message(message)[0]
-        if len(payload) > self.max_message_size:
-            raise ValueError(
-                f"message of {len(payload)} bytes exceeds "
-                f"max_message_size={self.max_message_size}"
-            )
-        loop = self._bind("submit()")
-        publication = _Publication(loop)
-        if self._outbox_bytes + len(payload) > self.max_pending_bytes:
-            self._fail(
-                [publication],
-                ConnectionError(
-                    f"{self._outbox_bytes} bytes of messages are already waiting for Redis "
-                    f"(max_pending_bytes={self.max_pending_bytes})"
-                ),
-            )
-            return publication
+        return self._enqueue(message, debug)
+
+    def _queue(self, pipe: Any, payload: bytes, debug: bool) -> None:
         if debug:
-            logger.debug("publishing to Redis channel %r: %r", self.channel, payload)
-        self._outbox.append((payload, debug, publication))
-        self._outbox_bytes += len(payload)
-        if self._drainer is None or self._drainer.done():
-            self._drainer = loop.create_task(self._drain())
-        return publication
-
-    async def _drain(self) -> None:
-        """Publish the outbox in order, pipelined, until it is empty."""
-        outbox = self._outbox
-        while outbox:
-            if not self._subscribed:
-                # Listen before publishing: a message published before our own
-                # subscription is active would reach other processes but not ours.
-                await asyncio.wait([self._listener_attempt()], timeout=_LISTEN_WAIT)
-                if not outbox:
-                    return
-            batch = [outbox.popleft() for _ in range(min(len(outbox), _BATCH))]
-            self._outbox_bytes -= sum(len(payload) for payload, _, _ in batch)
-            pipe = self._publisher.pipeline(transaction=False)
-            for payload, debug, _ in batch:
-                if debug:
-                    pipe.set(self.channel, payload, ex=5)  # the original's SETEX
-                pipe.publish(self.channel, payload)
-            try:
-                await pipe.execute()
-            except asyncio.CancelledError:
-                closed = ConnectionError("RedisStore was shut down while publishing")
-                for _, _, publication in batch:
-                    publication._settle(closed)
-                raise
-            except Exception as exc:
-                if isinstance(exc, self._connection_errors):
-                    error: Exception = ConnectionError(
-                        f"cannot publish to Redis at {self._where}: {exc}"
-                    )
-                    error.__cause__ = exc
-                    # What is still queued would meet the same dead server: fail it
-                    # now rather than let it pile up.
-                    batch.extend(outbox)
-                    outbox.clear()
-                    self._outbox_bytes = 0
-                else:
-                    error = exc
-                self._fail([publication for _, _, publication in batch], error)
-            else:
-                for _, _, publication in batch:
-                    publication._settle(None)
-                if self._publish_failing:
-                    self._publish_failing = False
-                    logger.info(
-                        "tornadose: publishing to Redis channel %r at %s works again",
-                        self.channel,
-                        self._where,
-                    )
-
-    def _listener_attempt(self) -> asyncio.Future[None]:
-        """A future resolved when the listener's current or next connection attempt
-        ends; wakes the listener from its backoff sleep."""
-        future = asyncio.get_running_loop().create_future()
-        self._attempt_waiters.append(future)
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
-        return future
-
-    def _fail(self, publications: list[_Publication], error: Exception) -> None:
-        """Fail ``publications``: awaiters get ``error``; for the others, log it once
-        per failure burst."""
-        unheard = 0
-        for publication in publications:
-            publication._settle(error)
-            if not publication._awaited:
-                unheard += 1
-        if unheard and not self._publish_failing:
-            self._publish_failing = True
-            logger.error(
-                "tornadose: could not publish %d message(s) to Redis channel %r: %s "
-                "(further failures are not logged until publishing works again)",
-                unheard,
-                self.channel,
-                error,
-            )
+            pipe.set(self.channel, payload, ex=5)  # the original's SETEX
+        pipe.publish(self.channel, payload)
 
     def __repr__(self) -> str:
         return f"<RedisStore {self.channel!r} at {self._where} {self._epoch.decode()}>"

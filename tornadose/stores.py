@@ -19,7 +19,7 @@ from .fanout import FORMAT_WS, Fanout, Sink
 from .frames import build_frames
 from .ring import SSE, WS, Ring
 
-__all__ = ["GAP_EVENT", "BaseStore", "DataStore", "QueueStore", "RedisStore"]
+__all__ = ["GAP_EVENT", "BaseStore", "DataStore", "QueueStore", "RedisStore", "RedisStreamStore"]
 
 logger = logging.getLogger("tornadose.stores")
 
@@ -156,14 +156,18 @@ class _RingStore(BaseStore):
 
     # -- submitting -----------------------------------------------------------------
 
-    def _append(self, message: Any) -> None:
+    def _append(self, message: Any, event_id: bytes | None = None) -> None:
         """Serialize ``message`` into the ring and schedule a flush.
 
-        Raises ``TypeError``/``ValueError`` for a message that cannot be sent, before
-        anything changes.
+        ``event_id`` is the message's event id; by default the store's own
+        (:meth:`_event_id` of its sequence number). Subclasses whose ids come from
+        elsewhere (a Redis stream) pass them here. Raises ``TypeError``/``ValueError``
+        for a message that cannot be sent, before anything changes.
         """
         ring = self._ring
-        sse, ws, size = build_frames(message, self._event_id(ring.head), self._event)
+        if event_id is None:
+            event_id = self._event_id(ring.head)
+        sse, ws, size = build_frames(message, event_id, self._event)
         if size > self.max_message_size:
             raise ValueError(
                 f"message of {size} bytes exceeds max_message_size={self.max_message_size}"
@@ -240,7 +244,16 @@ class _RingStore(BaseStore):
             self._generic[subscriber] = None
             self._welcome_generic(subscriber)
             return
-        last_event_id = getattr(subscriber, "_tornadose_last_event_id", None)
+        self._add_sink(subscriber, sink, getattr(subscriber, "_tornadose_last_event_id", None))
+        logger.debug("subscriber added to %r (%d now)", self, len(self.subscribers))
+
+    def _add_sink(self, subscriber: Any, sink: Sink, last_event_id: str | None) -> None:
+        """Start delivering to a fast-path subscriber's ``sink``, from where
+        :meth:`_resume_point` says, after a gap notice when there is one.
+
+        Hook: a subclass that must look further than the ring to resume (a Redis
+        stream's history) overrides this, and may add the sink to the fan-out later.
+        """
         cursor, gap = self._resume_point(last_event_id)
         self._fanout.add(sink, cursor)
         if gap is not None:
@@ -250,7 +263,6 @@ class _RingStore(BaseStore):
         elif last_event_id is not None:
             self._resumed += 1
         self._fanout.flush_one(sink)
-        logger.debug("subscriber added to %r (%d now)", self, len(self.subscribers))
 
     def deregister(self, subscriber: Any) -> None:
         """Stop publishing to ``subscriber``; unknown subscribers are ignored."""
@@ -475,9 +487,14 @@ class QueueStore(_RingStore):
 
 
 def __getattr__(name: str) -> Any:
-    # RedisStore lives in its own module so that importing the stores never needs redis.
+    # The Redis stores live in their own modules so that importing the stores never
+    # needs redis.
     if name == "RedisStore":
         from ._redis import RedisStore
 
         return RedisStore
+    if name == "RedisStreamStore":
+        from ._redis_streams import RedisStreamStore
+
+        return RedisStreamStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
