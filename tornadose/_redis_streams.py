@@ -202,6 +202,9 @@ class RedisStreamStore(_RedisBase):
     ``"restarted"``) in order in its stream, and one WARNING is logged.
     """
 
+    # Stream ids do not say which stream they belong to, so topics cannot route them.
+    _ids_name_the_store = False
+
     #: Entries per XRANGE page while a resuming subscriber is served from Redis.
     backfill_page: int = 500
     #: Entries per XREAD.

@@ -104,6 +104,9 @@ class _RingStore(BaseStore):
     """
 
     _conflate = False
+    # Event ids are "<epoch>-<seq>", so an id says which store instance it came from.
+    # Topic connections rely on that to route one Last-Event-ID to its topic.
+    _ids_name_the_store = True
 
     def __init__(
         self,

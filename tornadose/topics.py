@@ -141,6 +141,13 @@ class TopicRegistry:
             )
         if "event" in store_kwargs:
             raise TypeError("a topic store's event is its topic name; do not pass event=")
+        if not getattr(store_class, "_ids_name_the_store", True):
+            # Resuming a topic connection routes each Last-Event-ID to the store it names;
+            # with ids that name no store, a resuming client would silently start live.
+            raise TypeError(
+                f"{getattr(store_class, '__name__', store_class)!r} cannot back topics: its "
+                "event ids do not name their store, so resuming would lose messages silently"
+            )
         self.store_class = store_class
         self.store_kwargs = store_kwargs
         self.max_topics = max_topics
