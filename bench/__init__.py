@@ -1,10 +1,15 @@
-"""Benchmark harness for tornadose: compares the package in this repository
-against the original tornadose 0.4.1 from PyPI.
+"""Benchmark harness for tornadose: ``python -m bench`` (see bench/README.md).
 
 Modules:
 
-* :mod:`bench.venvs`  -- creates the reference virtual environment.
-* :mod:`bench.server` -- a pub/sub server process (one contender, one transport).
-* :mod:`bench.client` -- a raw-socket load client that counts received frames.
-* :mod:`bench.burst`  -- the burst benchmark: server CPU per delivered message.
+* :mod:`bench.run`        -- the CLI: plans the scenarios, runs them, writes table/JSON/plots.
+* :mod:`bench.scenarios`  -- burst/per-message throughput, latency, idle memory, stalled.
+* :mod:`bench.harness`    -- contender servers and load clients as pinned processes.
+* :mod:`bench.report`     -- ratios, target checks, the table, the plots.
+* :mod:`bench.server`     -- a tornadose store served by Tornado (ours, or the reference).
+* :mod:`bench.floor`      -- the raw floor: pre-built frames, plain non-blocking send().
+* :mod:`bench.wsbroadcast`-- the websockets library's broadcast().
+* :mod:`bench.client`     -- the raw-socket load client (and bench/loadclient.c, its C twin).
+* :mod:`bench.venvs`      -- the reference virtual environment (tornadose 0.4.1).
+* :mod:`bench.burst`      -- one throughput scenario, repeated, for quick A/B runs.
 """

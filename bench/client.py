@@ -3,13 +3,21 @@
     python -m bench.client --port 8888 --transport sse -n 1000 --expect 1000
 
 Opens N sockets to ``/sse`` (HTTP GET) or ``/ws`` (hand-made RFC 6455
-handshake), then reads them all from one selector loop.  SSE messages are
+handshake), then reads them all from one epoll loop.  SSE messages are
 counted as ``data:`` lines in the de-chunked body; WebSocket messages as
 final data frames, found by walking the unmasked frame headers without
-copying payloads.  Stops when every connection has ``--expect`` frames, at
-``--timeout`` or on SIGTERM/SIGINT, and prints one JSON report on stdout:
-frames per connection (min/max), total, errors, own CPU seconds, and the
-CLOCK_MONOTONIC times of the first and last counted frame.
+copying payloads.  Every ``--sample-every``-th connection also parses the
+payloads it receives (``<seq> @<submit CLOCK_MONOTONIC ns>@``): latency of each
+message (arrival minus the timestamp the server put in it), and a check that
+the sequence numbers arrive in order without gaps or duplicates.
+
+``--stalled S`` opens S more connections, with a tiny SO_RCVBUF, that send
+their request and never read.  ``--hold`` keeps going after every connection
+has ``--expect`` frames (for idle-memory runs).  Stops when every connection
+has ``--expect`` frames, at ``--timeout`` or on SIGTERM/SIGINT, and prints one
+JSON report on stdout: frames per connection (min/max), total, errors, own
+CPU seconds, the CLOCK_MONOTONIC times of the first and last counted frame,
+and the latency summary.
 """
 
 import argparse
@@ -17,14 +25,21 @@ import base64
 import hashlib
 import json
 import os
+import re
 import resource
-import selectors
+import select
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
+from array import array
+from pathlib import Path
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-RECV_SIZE = 256 * 1024
+RECV_SIZE = 128 * 1024
+STAMP = re.compile(rb"(\d{8}) @(\d+)@")
 
 
 class ProtocolError(Exception):
@@ -43,6 +58,10 @@ class Subscriber:
         self.frames = 0
         self.head = b""
         self.in_body = False
+        self.stamps = None  # array of (seq, submit ns, latency ns) triples when sampled
+        self.stamp_tail = b""
+        self.next_seq = None
+        self.disorder = 0
 
     def feed(self, data: bytes) -> None:
         """Consume received bytes, updating ``self.frames``."""
@@ -78,7 +97,8 @@ class SseSubscriber(Subscriber):
 
     def __init__(self, sock, path, host):
         super().__init__(sock)
-        self.request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode()
+        self.request = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\n"
+                        "Accept: text/event-stream\r\n\r\n").encode()
         self.chunk_left = 0  # data bytes left in the current chunk
         self.line = b""  # partial chunk-size line
         self.tail = b"\n"  # last body bytes (len(TOKEN) - 1 at most); the body starts a line
@@ -170,27 +190,141 @@ class WsSubscriber(Subscriber):
 
 PROTOCOLS = {"sse": SseSubscriber, "ws": WsSubscriber}
 
+C_SOURCE = Path(__file__).resolve().with_name("loadclient.c")
+#: where the compiled C client goes (ignored by git, like the reference venv)
+C_BUILD = Path(__file__).resolve().parent / ".venvs" / "bin"
 
-def run(host, port, transport, n, expect, timeout):
-    """Connect ``n`` subscribers and count frames; return the report dict."""
+
+def c_client():
+    """The C twin of this client (bench/loadclient.c), compiled on first use.
+
+    Returns its path, or None when there is no C compiler or BENCH_PY_CLIENT=1 (then
+    this module's Python loop is used: same report, more client CPU).
+    """
+    if os.environ.get("BENCH_PY_CLIENT") == "1":
+        return None
+    digest = hashlib.sha1(C_SOURCE.read_bytes()).hexdigest()[:12]
+    exe = C_BUILD / f"loadclient-{digest}"
+    if exe.exists():
+        return exe
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        return None
+    C_BUILD.mkdir(parents=True, exist_ok=True)
+    tmp = exe.with_name(f"{exe.name}.{os.getpid()}.tmp")
+    done = subprocess.run([*cc.split(), "-O2", "-o", str(tmp), str(C_SOURCE)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"bench.client: building the C client failed, using Python:\n{done.stderr}",
+              file=sys.stderr)
+        return None
+    tmp.replace(exe)
+    return exe
+
+
+def read_stamps(path):
+    """The latency triples the C client wrote to ``path``."""
+    stamps = array("q")
+    data = Path(path).read_bytes()
+    stamps.frombytes(data[: len(data) // 8 * 8])
+    return stamps
+
+
+def take_stamps(sub, data, now):
+    """Record (seq, submit time, latency) of every payload in ``data``."""
+    buf = sub.stamp_tail + data
+    last = 0
+    stamps = sub.stamps
+    for match in STAMP.finditer(buf):
+        seq, t = int(match[1]), int(match[2])
+        if sub.next_seq is not None and seq != sub.next_seq:
+            sub.disorder += 1
+        sub.next_seq = seq + 1
+        stamps.extend((seq, t, now - t))
+        last = match.end()
+    sub.stamp_tail = buf[max(last, len(buf) - 48):]
+
+
+def percentile(sorted_values, q):
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def latency_summary(stamp_arrays):
+    """p50/p99/max over every (sampled connection, message), and whether it grows.
+
+    ``stamp_arrays``: flat sequences of (seq, submit ns, latency ns) triples.
+    """
+    points = []
+    for s in stamp_arrays:
+        if s:
+            points.extend(zip(s[1::3], s[2::3]))
+    if not points:
+        return None
+    lat = sorted(p[1] for p in points)
+    points.sort()
+    third = max(1, len(points) // 3)
+    first = sorted(p[1] for p in points[:third])
+    last = sorted(p[1] for p in points[-third:])
+    # Least-squares slope of latency against submit time: ms of latency per s of run.
+    t0 = points[0][0]
+    n = len(points)
+    mx = sum(p[0] - t0 for p in points) / n
+    my = sum(p[1] for p in points) / n
+    sxx = sum((p[0] - t0 - mx) ** 2 for p in points)
+    sxy = sum((p[0] - t0 - mx) * (p[1] - my) for p in points)
+    ms = 1e-6
+    return {
+        "samples": n,
+        "p50_ms": percentile(lat, 0.50) * ms,
+        "p99_ms": percentile(lat, 0.99) * ms,
+        "max_ms": lat[-1] * ms,
+        "p50_first_third_ms": percentile(first, 0.5) * ms,
+        "p50_last_third_ms": percentile(last, 0.5) * ms,
+        "p99_last_third_ms": percentile(last, 0.99) * ms,
+        "slope_ms_per_s": (sxy / sxx) * 1e3 if sxx else 0.0,
+        "span_s": (points[-1][0] - t0) / 1e9,
+    }
+
+
+def run(host, port, transport, n, expect, timeout, sample_every=0, stalled=0,
+        stalled_rcvbuf=1024, hold=False):
+    """Connect ``n`` subscribers (and ``stalled`` never-reading ones); return the report."""
     stop = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.append(True))
     deadline = time.monotonic() + timeout
-    selector = selectors.DefaultSelector()
-    subs, errors = [], []
-    for _ in range(n):
-        sock = socket.create_connection((host, port))
+    epoll = select.epoll()
+    subs, errors, by_fd, parked = [], [], {}, []
+    for i in range(n + stalled):
+        if i < n:
+            sock = socket.create_connection((host, port))
+        else:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, stalled_rcvbuf)
+            sock.connect((host, port))
         sub = PROTOCOLS[transport](sock, f"/{transport}", f"{host}:{port}")
         sock.sendall(sub.request)
+        if i >= n:
+            parked.append(sub)
+            continue
         sock.setblocking(False)
-        selector.register(sock, selectors.EVENT_READ, sub)
+        if sample_every and i % sample_every == 0:
+            sub.stamps = array("q")
+        by_fd[sock.fileno()] = sub
+        epoll.register(sock.fileno(), select.EPOLLIN)
         subs.append(sub)
-    pending = n  # connections that have not yet counted `expect` frames
+    cpu_connected = resource.getrusage(resource.RUSAGE_SELF)
+    pending = n if expect else 0  # connections that have not yet counted `expect` frames
     t_first = t_last = None
-    while pending and not stop and time.monotonic() < deadline:
-        for key, _ in selector.select(0.2):
-            sub = key.data
+    clock = time.monotonic_ns
+    poll = epoll.poll
+    while (pending or hold) and not stop:
+        if time.monotonic() >= deadline:
+            break
+        for fd, _ in poll(0.2, 4096):
+            sub = by_fd[fd]
             before = sub.frames
             try:
                 data = sub.sock.recv(RECV_SIZE)
@@ -199,29 +333,40 @@ def run(host, port, transport, n, expect, timeout):
                 sub.feed(data)
             except (OSError, ProtocolError) as exc:
                 errors.append(str(exc))
-                selector.unregister(sub.sock)
+                epoll.unregister(fd)
+                del by_fd[fd]
                 if before < expect:
                     pending -= 1
                 continue
+            if sub.stamps is not None:  # every recv: a payload may straddle two
+                take_stamps(sub, data, clock())
             if sub.frames > before:
-                t_last = time.monotonic()
+                t_last = clock()
                 t_first = t_first or t_last
                 if before < expect <= sub.frames:
                     pending -= 1
-    frames = [sub.frames for sub in subs]
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    frames = [sub.frames for sub in subs]
+    sampled = [sub for sub in subs if sub.stamps is not None]
     return {
         "connections": n,
+        "stalled": stalled,
         "expect": expect,
         "total": sum(frames),
-        "min": min(frames),
-        "max": max(frames),
-        "complete": min(frames) >= expect,
+        "min": min(frames) if frames else 0,
+        "max": max(frames) if frames else 0,
+        "complete": bool(frames) and min(frames) >= expect,
         "errors": sorted(set(errors)),
         "error_count": len(errors),
         "cpu_s": usage.ru_utime + usage.ru_stime,
-        "t_first": t_first,
-        "t_last": t_last,
+        "cpu_connected_s": cpu_connected.ru_utime + cpu_connected.ru_stime,
+        "t_first": t_first / 1e9 if t_first else None,
+        "t_last": t_last / 1e9 if t_last else None,
+        "sampled_connections": len(sampled),
+        "sampled_disorder": sum(sub.disorder for sub in sampled),
+        "sampled_seen": sum(len(sub.stamps) // 3 for sub in sampled),
+        "latency": latency_summary([sub.stamps for sub in sampled]),
+        "client": "python",
     }
 
 
@@ -233,10 +378,16 @@ def main():
     parser.add_argument("-n", "--connections", type=int, required=True)
     parser.add_argument("--expect", type=int, required=True, help="frames per connection")
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--sample-every", type=int, default=0,
+                        help="parse payloads (latency, order) on every k-th connection; 0: none")
+    parser.add_argument("--stalled", type=int, default=0, help="extra connections that never read")
+    parser.add_argument("--stalled-rcvbuf", type=int, default=1024)
+    parser.add_argument("--hold", action="store_true", help="run until SIGTERM or --timeout")
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    report = run(args.host, args.port, args.transport, args.connections, args.expect, args.timeout)
+    report = run(args.host, args.port, args.transport, args.connections, args.expect,
+                 args.timeout, args.sample_every, args.stalled, args.stalled_rcvbuf, args.hold)
     print(json.dumps(report), flush=True)
 
 

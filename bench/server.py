@@ -3,22 +3,31 @@
 Run from the repository root, either as a module (imports this repository's
 ``tornadose``)::
 
-    python -m bench.server --port 8888 --transport sse --store queue
+    python -m bench.server --port 8888 --transport sse
 
 or, for an installed tornadose such as the reference venv, as an isolated
 script so that the repository is not on ``sys.path``::
 
-    .venvs/reference/bin/python -I bench/server.py --port 8888 --transport ws
+    bench/.venvs/reference/bin/python -I bench/server.py --port 8888 --transport ws
 
 This file must therefore only import the standard library, tornado and
-tornadose.  Routes:
+tornadose.  The control routes are the same for every bench server
+(:mod:`bench.floor`, :mod:`bench.wsbroadcast`):
 
 * ``/sse`` or ``/ws`` (per ``--transport``): the subscriber handler.
 * ``GET /subscribers``: number of registered subscribers, as plain text.
 * ``GET /info``: JSON with the tornadose/tornado versions and file locations.
-* ``POST /burst?messages=M&per_iter=K&size=S``: submits M messages of S
-  characters (zero-padded sequence number, then filler), K per event-loop
-  iteration, and answers once all are submitted.
+* ``GET /stats``: the store's ``stats()`` where it has them, else ``{}``.
+* ``GET /burst?messages=M&per_iter=K&size=S&start=SEQ&rate=R``: submits M messages
+  of S characters, K per event-loop iteration (at most R per second if given), and
+  answers once all are submitted.
+* ``GET /paced?messages=M&rate=R&size=S``: submits M messages on a schedule of
+  R per second; a message late on its schedule is submitted as soon as the loop
+  gets to it, together with any others then due, and carries its *scheduled*
+  time (so a server that falls behind shows it in the latency).
+
+Every payload is ``payload(seq, t_ns, size)`` below: a sequence number, the
+submit (or scheduled) CLOCK_MONOTONIC time in ns between ``@`` signs, filler.
 """
 
 import argparse
@@ -28,17 +37,24 @@ import logging
 import os
 import resource
 import sys
+import time
 
 import tornado
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
+
 import tornadose
 from tornadose.handlers import EventSource, WebSocketSubscriber
 from tornadose.stores import QueueStore
 
 HANDLERS = {"sse": EventSource, "ws": WebSocketSubscriber}
-STORES = {"queue": QueueStore}
+
+
+def payload(seq: int, t_ns: int, size: int) -> str:
+    """The benchmark message: ``00000042 @<t_ns>@ xxx...`` of ``size`` characters."""
+    head = f"{seq:08d} @{t_ns}@ "
+    return head + "x" * max(0, size - len(head))
 
 
 def raise_nofile_limit() -> None:
@@ -51,13 +67,15 @@ def provenance() -> dict:
     """Which tornadose and tornado this process imported."""
     version = getattr(tornadose, "__version__", None)
     if version is None:
-        from importlib.metadata import PackageNotFoundError, version as dist_version
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as dist_version
 
         try:
             version = dist_version("tornadose")
         except PackageNotFoundError:
             version = "unknown"
     return {
+        "server": "tornadose",
         "tornadose": version,
         "tornadose_file": tornadose.__file__,
         "backend": getattr(tornadose, "backend", None),
@@ -84,31 +102,78 @@ class InfoHandler(ControlHandler):
         self.write(provenance())
 
 
+class StatsHandler(ControlHandler):
+    def get(self):
+        stats = getattr(self.store, "stats", None)
+        self.write(stats() if stats else {})
+
+
 class BurstHandler(ControlHandler):
-    async def post(self):
+    async def get(self):
         messages = int(self.get_argument("messages"))
         per_iter = int(self.get_argument("per_iter", "100"))
         size = int(self.get_argument("size", "90"))
-        filler = "x" * max(0, size - 9)
+        start = int(self.get_argument("start", "0"))
+        rate = float(self.get_argument("rate", "0"))
         submit = self.store.submit
-        for start in range(0, messages, per_iter):
-            for seq in range(start, min(messages, start + per_iter)):
-                submit(f"{seq:08d} {filler}")
-            await asyncio.sleep(0)
+        clock = time.monotonic_ns
+        end = start + messages
+        t0 = clock()
+        for first in range(start, end, per_iter):
+            for seq in range(first, min(end, first + per_iter)):
+                submit(payload(seq, clock(), size))
+            ahead = (t0 + (first + per_iter - start) * 1e9 / rate - clock()) if rate else 0
+            await asyncio.sleep(max(0.0, ahead / 1e9))
         self.write({"submitted": messages})
 
 
-async def serve(port: int, transport: str, store_name: str) -> None:
-    store = STORES[store_name]()
+class PacedHandler(ControlHandler):
+    async def get(self):
+        messages = int(self.get_argument("messages"))
+        rate = float(self.get_argument("rate"))
+        size = int(self.get_argument("size", "90"))
+        submit = self.store.submit
+        interval = round(1e9 / rate)
+        t0 = time.monotonic_ns() + 10_000_000
+        seq = late = 0
+        while seq < messages:
+            now = time.monotonic_ns()
+            due = t0 + seq * interval
+            if due > now:
+                await asyncio.sleep((due - now) / 1e9)
+                continue
+            if now - due > interval:
+                late += 1
+            while seq < messages and t0 + seq * interval <= now:
+                submit(payload(seq, t0 + seq * interval, size))
+                seq += 1
+        self.write({"submitted": messages, "late": late})
+
+
+class NoDelayHTTPServer(tornado.httpserver.HTTPServer):
+    """Sets TCP_NODELAY on every accepted socket (``--nodelay``, a diagnostic: Tornado
+    leaves Nagle on for a streaming response; an SSE response never finishes, so it
+    stays off; WebSocket upgrades turn it back on, hence SSE only)."""
+
+    def handle_stream(self, stream, address):
+        stream.set_nodelay(True)
+        super().handle_stream(stream, address)
+
+
+async def serve(port: int, transport: str, capacity: int, nodelay: bool = False) -> None:
+    kwargs = {"capacity": capacity} if capacity and "backend" in vars(tornadose) else {}
+    store = QueueStore(**kwargs)
     app = tornado.web.Application(
         [
             (rf"/{transport}", HANDLERS[transport], {"store": store}),
             (r"/subscribers", SubscribersHandler, {"store": store}),
             (r"/info", InfoHandler, {"store": store}),
+            (r"/stats", StatsHandler, {"store": store}),
             (r"/burst", BurstHandler, {"store": store}),
+            (r"/paced", PacedHandler, {"store": store}),
         ]
     )
-    server = tornado.httpserver.HTTPServer(app)
+    server = (NoDelayHTTPServer if nodelay else tornado.httpserver.HTTPServer)(app)
     server.add_sockets(tornado.netutil.bind_sockets(port, "127.0.0.1", backlog=4096))
     await asyncio.Event().wait()
 
@@ -117,12 +182,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--transport", choices=sorted(HANDLERS), required=True)
-    parser.add_argument("--store", choices=sorted(STORES), default="queue")
+    parser.add_argument("--capacity", type=int, default=0,
+                        help="QueueStore ring capacity (this package only; 0: its default)")
+    parser.add_argument("--nodelay", action="store_true",
+                        help="TCP_NODELAY on accepted sockets (SSE only; a diagnostic)")
     args = parser.parse_args()
     raise_nofile_limit()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     print(f"bench.server: {json.dumps(provenance())}", file=sys.stderr, flush=True)
-    asyncio.run(serve(args.port, args.transport, args.store))
+    asyncio.run(serve(args.port, args.transport, args.capacity, args.nodelay))
 
 
 if __name__ == "__main__":

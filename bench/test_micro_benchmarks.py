@@ -5,6 +5,8 @@ Run from the repository root, outside the test suite:
     python -m pytest bench/test_micro_benchmarks.py --benchmark-columns=min,median,mean,rounds
 
 - frames: building the SSE event and the WebSocket frame of a ~90-byte message;
+- ring: appending one message's frames to a full ring (evicting the oldest), and joining
+  the last 100 SSE frames (what a subscriber one burst behind gets in one write);
 - fanout: one pass that writes one new frame to 5,000 subscribers, each a real loopback
   TCP connection whose peer is drained between rounds (outside the timing); and the
   floor: the same bytes sent to the same sockets by a bare loop of ``socket.send``.
@@ -21,7 +23,8 @@ import orjson
 import pytest
 from tornado.iostream import IOStream
 
-MESSAGE = {"sym": "AAPL", "bid": 189.91, "ask": 189.93, "bsz": 300, "asz": 500, "seq": 123456, "ts": 1795475466.6836}
+MESSAGE = {"sym": "AAPL", "bid": 189.91, "ask": 189.93, "bsz": 300, "asz": 500, "seq": 123456,
+           "ts": 1795475466.6836}
 assert 80 <= len(orjson.dumps(MESSAGE)) <= 100
 EVENT_ID = b"5f3a9c01-123456"
 MESSAGE_SSE = b"id: " + EVENT_ID + b"\ndata: " + orjson.dumps(MESSAGE) + b"\n\n"
@@ -32,7 +35,8 @@ SUBSCRIBERS = 5000
 def impl(request):
     suffix = request.param
     try:
-        return {n: importlib.import_module(f"tornadose._{n}_{suffix}") for n in ("frames", "ring", "fanout")}
+        return {n: importlib.import_module(f"tornadose._{n}_{suffix}")
+                for n in ("frames", "ring", "fanout")}
     except ImportError as exc:
         pytest.skip(f"compiled backend not built: {exc}")
 
@@ -50,6 +54,24 @@ def test_ws_frame(benchmark, impl):
     frames = impl["frames"]
     body = frames.ws_data_body(orjson.dumps(MESSAGE))
     benchmark(frames.ws_text_frame, body)
+
+
+def _full_ring(ring_mod, frames_mod):
+    ring = ring_mod.Ring(4096, 1 << 24)
+    sse, ws, _ = frames_mod.build_frames(MESSAGE, EVENT_ID)
+    for _ in range(4096):
+        ring.append(sse, ws)
+    return ring, sse, ws
+
+
+def test_ring_append(benchmark, impl):
+    ring, sse, ws = _full_ring(impl["ring"], impl["frames"])
+    benchmark(ring.append, sse, ws)
+
+
+def test_ring_join_100(benchmark, impl):
+    ring, _, _ = _full_ring(impl["ring"], impl["frames"])
+    benchmark(ring.join, impl["ring"].SSE, ring.head - 100)
 
 
 @pytest.fixture(scope="module")
