@@ -109,15 +109,15 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def request(port, path, timeout=10.0):
-    """GET ``path`` from the server; return the body as text."""
+def request(port, path, timeout=10.0, method="GET"):
+    """Send ``method`` ``path`` to the server; return the body as text."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request(method, path, body=b"" if method == "POST" else None)
         response = conn.getresponse()
         body = response.read().decode()
         if response.status != 200:
-            raise BenchError(f"GET {path}: HTTP {response.status} {body[:200]}")
+            raise BenchError(f"{method} {path}: HTTP {response.status} {body[:200]}")
         return body
     finally:
         conn.close()

@@ -44,17 +44,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.floor import payload
+from bench.harness import cpu_seconds, free_port, request, stop
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 
 
 # -- the server ------------------------------------------------------------------------
-
-
-def payload(seq: int, t_ns: int, size: int) -> str:
-    """``00000042 @<t_ns>@ xxx...`` of ``size`` characters, as bench.server's."""
-    head = f"{seq:08d} @{t_ns}@ "
-    return head + "x" * max(0, size - len(head))
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -128,40 +125,9 @@ def serve(args: argparse.Namespace) -> None:
 # -- the driver --------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user+system) of all threads of ``pid``, in ns resolution from
-    /proc/<pid>/task/*/schedstat (as bench.burst reads it)."""
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            pass  # a thread that just ended
-    return total / 1e9
-
-
 def pin(pid: int, cpus: set[int]) -> None:
     if len(os.sched_getaffinity(0)) >= 2:
         os.sched_setaffinity(pid, cpus)
-
-
-def request(port: int, method: str, path: str, timeout: float = 10.0) -> str:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, path, body=b"" if method == "POST" else None)
-        response = conn.getresponse()
-        body = response.read().decode()
-        if response.status != 200:
-            raise RuntimeError(f"{method} {path}: HTTP {response.status} {body[:200]}")
-        return body
-    finally:
-        conn.close()
 
 
 def wait_until(condition, timeout: float, procs: list[subprocess.Popen], what: str):
@@ -178,16 +144,6 @@ def wait_until(condition, timeout: float, procs: list[subprocess.Popen], what: s
             pass
         time.sleep(0.05)
     raise RuntimeError(f"{what}: timed out after {timeout} s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def start_redis(workdir: str) -> tuple[subprocess.Popen, int]:
@@ -308,21 +264,21 @@ def run_one(setup: str, args: argparse.Namespace) -> dict:
             clients.append(client)
         for port, n in zip(ports, share):
             wait_until(
-                lambda port=port, n=n: int(request(port, "GET", "/subscribers")) == n,
+                lambda port=port, n=n: int(request(port, "/subscribers")) == n,
                 120,
                 procs,
                 "subscribers",
             )
-        backend = json.loads(request(ports[0], "GET", "/stats"))["backend"]
+        backend = json.loads(request(ports[0], "/stats"))["backend"]
         pids = [server.pid for server in servers]
         cpu0 = [cpu_seconds(pid) for pid in pids]
         redis_cpu0 = cpu_seconds(redis.pid) if redis else 0.0
         t0 = time.monotonic()
         request(
             ports[0],
-            "POST",
             f"/burst?messages={args.messages}&per_iter={args.per_iter}&size={args.size}",
             args.timeout,
+            method="POST",
         )
         reports = []
         for client in clients:
@@ -336,7 +292,7 @@ def run_one(setup: str, args: argparse.Namespace) -> dict:
             reports.append(json.loads(out))
         cpu1 = [cpu_seconds(pid) for pid in pids]
         redis_cpu1 = cpu_seconds(redis.pid) if redis else 0.0
-        stats = [json.loads(request(port, "GET", "/stats")) for port in ports]
+        stats = [json.loads(request(port, "/stats")) for port in ports]
     finally:
         for proc in reversed(procs):
             stop(proc)
