@@ -1,7 +1,7 @@
 """The benchmark harness (``python -m bench``) on a tiny scenario, so that it cannot rot.
 
 It runs every scenario with a handful of subscribers and messages, on the contenders
-that need no network install (this package's pure-Python backend and the raw floor),
+that need no network install (this package's pure-Python backend and the raw floors),
 in a subprocess, and checks that the JSON carries every figure. No timing assertions:
 the figures only have to exist and add up.
 """
@@ -29,7 +29,8 @@ def tiny_run(tmp_path_factory):
     env = dict(os.environ)
     env.pop("TORNADOSE_NO_EXTENSIONS", None)
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--tiny", "--contenders", "python,floor,floor-msg",
+        [sys.executable, "-m", "bench", "--tiny", "--contenders",
+         "python,floor,floor-msg,floor-topics",
          "--out", str(out), "--no-plots", "--no-progress"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
     )
@@ -45,7 +46,7 @@ def _records(doc, scenario, **match):
 def test_every_scenario_ran(tiny_run):
     doc, _ = tiny_run
     assert {r["scenario"] for r in doc["records"]} == {
-        "burst", "per-message", "latency", "idle", "stalled", "sweep"}
+        "burst", "per-message", "topics", "latency", "idle", "stalled", "sweep"}
     assert not [r for r in doc["records"] if "error" in r]
 
 
@@ -68,6 +69,145 @@ def test_throughput_figures(tiny_run, scenario, transport):
     assert by[floor]["x_floor"] == pytest.approx(1.0)
     assert by["python"]["x_floor"] > 0
     assert by["python"]["server_stats"]["lapped"] == 0
+
+
+@pytest.mark.parametrize("per_iter", [100, 10])
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+def test_topics_figures(tiny_run, transport, per_iter):
+    doc, stdout = tiny_run
+    by = {r["contender"]: r for r in _records(doc, "topics", transport=transport)
+          if r["params"]["per_iter"] == per_iter}
+    assert set(by) == {"python", "floor-topics"}
+    for r in by.values():
+        p = r["params"]
+        expect = p["per_conn"] * p["m"] // p["topics"]
+        # every connection got every frame of its topics, exactly its ticks per topic
+        assert r["complete"], r["notes"]
+        assert r["expect_per_conn"] == expect
+        assert r["delivered"] == r["expected"] == p["n"] * expect
+        assert r["frames_min"] == r["frames_max"] == expect
+        assert r["disorder"] == 0 and r["errors"] == 0
+        assert r["server_delivered"] == r["delivered"]
+        assert 0 < r["server_writes"] <= r["delivered"]
+        assert 0 < r["writes_per_delivery"] <= 1
+        assert r["server_cpu_s"] > 0 and r["us_per_delivery"] > 0
+        assert r["deliveries_per_s"] > 0 and r["latency"]["samples"] > 0
+    assert by["floor-topics"]["x_floor"] == pytest.approx(1.0)
+    assert by["python"]["x_floor"] > 0
+    stats = by["python"]["server_stats"]
+    assert stats["lapped"] == 0 and by["python"]["connections_at_start"] == by["python"]["params"]["n"]
+    assert stats["topics"] == by["python"]["params"]["topics"]
+    # the floor's single send per connection per loop iteration
+    floor = by["floor-topics"]
+    turns = floor["params"]["m"] // per_iter
+    assert floor["server_writes"] <= turns * floor["params"]["n"]
+    assert f"topics {transport.upper()}" in stdout
+
+
+def test_topics_plan():
+    """The topics scenario runs at 100 and 10 per turn, without the reference (which has
+    no topics: the notes say so); cython+nodelay only when asked for."""
+    from bench import run
+
+    args = run.argparse.Namespace(preset="full", n=None, m=None, contenders=None,
+                                  scenarios="topics-sse,topics-ws")
+    cases, skipped = run.plan(args)
+    assert {(c.contender, c.transport, c.params["per_iter"]) for c in cases} == {
+        (c, t, k) for c in ("cython", "python", "floor-topics") for t in ("sse", "ws")
+        for k in (100, 10)}
+    assert {(c.params["n"], c.params["m"], c.params["topics"], c.params["per_conn"])
+            for c in cases} == {(1000, 20000, 500, 50)}
+    assert any("no reference" in note for note in skipped)
+    args.contenders = "cython,cython+nodelay,floor-topics"
+    cases, _ = run.plan(args)
+    assert {(c.contender, c.transport) for c in cases if c.contender == "cython+nodelay"} == {
+        ("cython+nodelay", "sse")}
+
+
+def test_topics_urls_and_check():
+    """Connection i's topics (client and load client alike) and the per-topic check."""
+    from bench import client
+
+    assert client.topic_indices(3, 500, 50)[:3] == [3, 13, 23]
+    assert len(set(client.topic_indices(7, 500, 50))) == 50
+    counts = [0] * 500
+    for i in range(1000):
+        for t in client.topic_indices(i, 500, 50):
+            counts[t] += 1
+    assert set(counts) == {100}
+    assert client.topics_path("sse", 1, 20, 2) == "/sse?topics=S001,S011"
+    sub = client.Subscriber(None)
+    sub.stamps = client.array("q")
+    sub.topic_next = [-1] * 20
+    for t in (1, 11):
+        sub.topic_next[t] = t
+
+    def feed(*seqs):
+        data = b"".join(b"data: %08d @%d@ xx\n\n" % (seq, 1000 + seq) for seq in seqs)
+        client.take_stamps(sub, data, 5000)
+
+    feed(1, 11, 21)
+    assert sub.disorder == 0 and sub.reordered == 0
+    assert client.missing_ticks(sub, 6, 2) == 3  # 3 ticks per topic expected: 41, 31, 51
+    feed(41, 31)  # across topics: allowed, counted as reordered
+    assert sub.disorder == 0 and sub.reordered == 1
+    feed(71)  # 51 skipped in topic 11
+    assert sub.disorder == 1
+    feed(2)  # not one of its topics
+    assert sub.disorder == 2
+
+
+@pytest.mark.parametrize(("ticks", "disorder", "reordered"), [
+    # 70 skips 50 in S010; 2 is not one of its topics; 30 after 40 is across topics
+    ((0, 10, 20, 40, 30, 70, 2), 2, 2),
+    # the right number of frames, all of S000: S010's 2 ticks are missing at the end
+    ((0, 20, 40, 60), 2, 0),
+    ((0, 10, 20, 30), 0, 0),
+])
+@pytest.mark.parametrize("which", ["c", "python"])
+def test_load_clients_check_topics(which, ticks, disorder, reordered):
+    """Both load clients (bench/loadclient.c and bench/client.py) ask for connection 0's
+    topics (S000 and S010 of 20) and check that it gets exactly their ticks, in order
+    within each topic (across topics, a reorder is only counted)."""
+    import socket
+    import threading
+
+    from bench import client
+
+    exe = client.c_client() if which == "c" else None
+    if which == "c" and exe is None:
+        pytest.skip("no C compiler")
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    seen = {}
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            seen["request"] = head.split(b"\r\n")[0].decode()
+            body = b"".join(b"id: x-%d\nevent: S%03d\ndata: %08d @%d@ xx\n\n"
+                            % (seq, seq % 20, seq, 1000 + seq) for seq in ticks)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n"
+                         + b"%x\r\n%s\r\n" % (len(body), body))
+            conn.recv(1)  # until the client closes
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    args = ["--port", str(port), "--transport", "sse", "-n", "1", "--expect", str(len(ticks)),
+            "--timeout", "20", "--sample-every", "1", "--topics", "20", "--topics-per-conn", "2"]
+    argv = [str(exe), *args] if exe else [sys.executable, "-m", "bench.client", *args]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+    listener.close()
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert seen["request"] == "GET /sse?topics=S000,S010 HTTP/1.1"
+    assert report["complete"] and report["total"] == len(ticks)
+    assert report["sampled_disorder"] == disorder
+    assert report["sampled_reordered"] == reordered
 
 
 def test_latency_figures(tiny_run):
@@ -113,5 +253,6 @@ def test_plots_are_optional(tiny_run, tmp_path):
         assert report.plots(doc, str(tmp_path)) == []
         return
     paths = report.plots(doc, str(tmp_path))
-    assert {Path(p).name for p in paths} == {"scenarios.png", "sweep.png", "latency.png"}
+    assert {Path(p).name for p in paths} == {"scenarios.png", "topics.png", "sweep.png",
+                                             "latency.png"}
     assert all(Path(p).stat().st_size > 0 for p in paths)

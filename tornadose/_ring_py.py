@@ -99,3 +99,77 @@ class Ring:
             return None
         store = self._sse if kind == SSE else self._ws
         return store[(self.head - 1) % self.capacity]
+
+
+class TopicState:
+    """What the log and the fan-out keep of one topic of a :class:`TopicRing`.
+
+    ``subs`` holds the connections subscribed to it now (the topic -> connections index
+    a flush walks, so its cost follows deliveries). ``last_seq`` is the sequence number
+    of its newest entry, ``evicted_upto`` that of its newest entry the ring evicted (0:
+    none), which tells exactly whether a cursor lost one of its messages. A ring that
+    keeps latest values also holds the frames of its newest entry in ``last_sse`` /
+    ``last_ws`` (``None``: no current value), beyond the ring's own history.
+    """
+
+    __slots__ = ("name", "subs", "last_seq", "evicted_upto", "last_sse", "last_ws", "__weakref__")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.subs: dict[object, None] = {}
+        self.last_seq = 0
+        self.evicted_upto = 0
+        self.last_sse: bytes | None = None
+        self.last_ws: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"<TopicState {self.name!r}>"
+
+
+class TopicRing(Ring):
+    """One bounded history for many topics: every entry also knows its topic.
+
+    Entries keep submit order across topics, under one sequence. With ``keep_latest``
+    each topic also keeps the frames of its newest entry after the ring evicts it (the
+    current value of a latest-value topic).
+    """
+
+    __slots__ = ("keep_latest", "_topic")
+
+    def __init__(self, capacity: int, max_bytes: int, first_seq: int = 0, keep_latest: bool = False) -> None:
+        super().__init__(capacity, max_bytes, first_seq)
+        self.keep_latest = keep_latest
+        self._topic: list[TopicState | None] = [None] * capacity
+
+    def append(self, sse: bytes, ws: bytes, topic: TopicState | None = None) -> int:  # type: ignore[override]
+        """Store one message of ``topic`` and return its sequence number (see
+        :meth:`Ring.append`). Raises ``TypeError`` without a topic."""
+        if topic is None:
+            raise TypeError("a TopicRing entry needs its topic")
+        seq = super().append(sse, ws)
+        self._topic[seq % self.capacity] = topic
+        topic.last_seq = seq
+        if self.keep_latest:
+            topic.last_sse = sse
+            topic.last_ws = ws
+        return seq
+
+    def _evict(self) -> None:
+        i = self.tail % self.capacity
+        topic = self._topic[i]
+        if topic is not None:
+            topic.evicted_upto = self.tail
+            self._topic[i] = None
+        super()._evict()
+
+    def entry(self, seq: int) -> tuple[TopicState, bytes, bytes]:
+        """``(topic, sse, ws)`` of entry ``seq``; raises ``IndexError`` outside
+        ``tail .. head-1``."""
+        if not self.tail <= seq < self.head:
+            raise IndexError(f"sequence {seq} is outside the ring ({self.tail}..{self.head})")
+        i = seq % self.capacity
+        return self._topic[i], self._sse[i], self._ws[i]  # type: ignore[return-value]
+
+    def topic_at(self, seq: int) -> TopicState:
+        """The topic of entry ``seq``; raises ``IndexError`` outside ``tail .. head-1``."""
+        return self.entry(seq)[0]

@@ -24,6 +24,8 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
 from tornado.web import RequestHandler
@@ -31,8 +33,16 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from . import stores
 from .fanout import FORMAT_SSE, FORMAT_SSE_CHUNKED, FORMAT_WS, Sink
-from .frames import build_frames, encode_message, sse_event, ws_data_body
-from .topics import TopicError, TopicRegistry, UnknownTopicError
+from .frames import encode_message, sse_event, ws_data_body, ws_text_frame
+from .topicfanout import TopicSink
+from .topics import (
+    Topic,
+    TopicError,
+    TopicNameError,
+    TopicRegistry,
+    UnknownTopicError,
+    check_topic_name,
+)
 
 __all__ = [
     "BaseHandler",
@@ -57,7 +67,6 @@ DEFAULT_SSE_RETRY = 2000  # milliseconds, sent as the ``retry:`` reconnection hi
 # connection (code 1009) unless ``websocket_max_message_size`` says otherwise.
 DEFAULT_WS_MAX_INCOMING = 64 * 1024
 _HEARTBEAT = b":\n"
-_GAP_EVENT = stores.GAP_EVENT.encode()
 
 
 class BaseHandler(RequestHandler):
@@ -233,6 +242,15 @@ class BaseHandler(RequestHandler):
         self._unsubscribe()
         self._close_stream()
 
+    def _set_nodelay(self, stream: Any) -> None:
+        # Writes are coalesced here, one per connection per loop turn: Nagle's
+        # algorithm would only hold them back for the client's delayed ACK.
+        if self.settings.get("tornadose_tcp_nodelay", True):
+            try:
+                stream.set_nodelay(True)
+            except OSError:
+                pass  # the client is already gone; its close callback cleans up
+
     def _overrides(self, base: type, *names: str) -> bool:
         cls = type(self)
         return any(getattr(cls, name) is not getattr(base, name) for name in names)
@@ -293,8 +311,10 @@ class EventSource(BaseHandler):
             await self.flush()
         except StreamClosedError:
             return
-        if self.request.connection.stream.closed():  # type: ignore[union-attr]
+        stream = self.request.connection.stream  # type: ignore[union-attr]
+        if stream.closed():
             return
+        self._set_nodelay(stream)
         if self._fast_path(EventSource):
             connection = self.request.connection
             chunked = getattr(connection, "_chunking_output", self.request.version == "HTTP/1.1")
@@ -376,6 +396,7 @@ class WebSocketSubscriber(BaseHandler, WebSocketHandler):
         connection = self.ws_connection
         if connection is None:
             return
+        self._set_nodelay(connection.stream)  # type: ignore[attr-defined]
         if self._fast_path(WebSocketSubscriber):
             compressed = getattr(connection, "_compressor", None) is not None
             self._attach(
@@ -418,10 +439,8 @@ class WebSocketSubscriber(BaseHandler, WebSocketHandler):
 
     def _write_frames(self, frames: list[bytes]) -> None:
         for frame in frames:
-            length = frame[1] & 0x7F
-            header = 2 if length < 126 else 4 if length == 126 else 10
             try:
-                self.write_message(frame[header:])
+                self.write_message(frame[_ws_header_size(frame):])
             except WebSocketClosedError:
                 return
 
@@ -434,138 +453,57 @@ class WebSocketSubscriber(BaseHandler, WebSocketHandler):
         self.close(1001, "store closed")
 
 
-class _Subscription:
-    """One connection's subscription to one topic's store: what that store registers.
-
-    Always on the fast path: the store writes its frames (labelled with the topic) to
-    the connection's socket through ``_tornadose_sink``, so ``submit`` is never called;
-    it exists because stores require it of every subscriber.
-    """
-
-    __slots__ = ("handler", "topic", "_tornadose_sink", "_tornadose_last_event_id")
-
-    def __init__(self, handler: Any, topic: str) -> None:
-        self.handler = handler
-        self.topic = topic
-        self._tornadose_sink: Sink | None = None
-        self._tornadose_last_event_id: str | None = None
-
-    def submit(self, message: Any) -> stores._Submitted:
-        return stores.SUBMITTED
-
-    def _tornadose_end(self) -> None:
-        # One topic's store closed: end the whole connection (the client reconnects).
-        self.handler._end_topics()
-
-    def __repr__(self) -> str:
-        return f"<subscription to {self.topic!r} of {self.handler!r}>"
-
-
 class _TopicHandler:
-    """What the topic handlers add to EventSource and WebSocketSubscriber: targets
-    from the URL, one per topic, and the resume rule for several stores."""
+    """What the topic handlers add to EventSource and WebSocketSubscriber: the topics
+    of the request, and one connection of a :class:`~tornadose.topics.TopicRegistry`
+    (one cursor and a set of topics) instead of one store's subscriber."""
 
     registry: TopicRegistry
     topics: list[str]
-    _targets: Sequence[tuple[stores.BaseStore, Any]]
+    _targets: Sequence[tuple[Any, Any]]
 
     def _bind_registry(self, registry: TopicRegistry) -> None:
         if not isinstance(registry, TopicRegistry):
             raise TypeError(f"registry must be a tornadose.topics.TopicRegistry, got {registry!r}")
         self.registry = registry
         self.topics = []
-        self._held: list[str] = []
-        self._gap_notices: list[tuple[Any, _Subscription, dict[str, Any]]] = []
-        self._counted = False
+        self._tornadose_topics: list[Topic] = []
+        self._tornadose_last_event_id: str | None = None
 
-    def _resolve_topics(self) -> bool:
+    def _resolve_topics(self, allow_empty: bool = False) -> bool:
         """Find the topics the URL names (every path argument, and each ``topics``
-        query argument, as comma-separated lists) and hold their stores. Answers 400
-        (bad name, too many topics) or 404 (unknown topic) and returns False when that
-        fails."""
+        query argument, as comma-separated lists) and hold them. Answers 400 (bad name,
+        too many topics) or 404 (unknown topic) and returns False when that fails."""
         handler: Any = self
         specs = [arg for arg in handler.path_args if arg]
         specs += [arg for arg in handler.path_kwargs.values() if arg]
         specs += handler.get_query_arguments("topics")
         registry = self.registry
         try:
-            names = registry.parse(specs)
-            topic_stores = registry.acquire(names)
+            names = registry.parse(specs, allow_empty)
+            topics = registry.acquire(names)
         except TopicError as exc:
             handler.set_status(404 if isinstance(exc, UnknownTopicError) else 400)
             handler.set_header("Content-Type", "text/plain; charset=utf-8")
             handler.finish(f"{exc}\n")
             return False
-        self.topics = self._held = names
-        self._targets = [
-            (store, _Subscription(self, name)) for name, store in zip(names, topic_stores)
-        ]
+        self.topics = names
+        self._tornadose_topics = topics
+        # The registry is this connection's one target: it registers the handler.
+        self._targets = [(registry, self)]
         return True
 
     def _fast_path(self, base: type) -> bool:
         return True
 
-    def _resume_from(self, last_event_id: str | None) -> None:
-        """Decide where each topic starts, from the client's Last-Event-ID (one id, or
-        several comma-separated): the rule in :mod:`tornadose.topics`."""
-        targets = self._targets
-        ids = [i for i in (last_event_id or "").split(",")[: len(targets)] if i]
-        own: dict[bytes, str] = {}
-        for event_id in ids:
-            own.setdefault(event_id.rpartition("-")[0].encode("utf-8", "replace"), event_id)
-        tracked = any(store._epoch in own for store, _ in targets)  # type: ignore[attr-defined]
-        notices = []
-        for store, subscription in targets:
-            own_id = own.get(store._epoch)  # type: ignore[attr-defined]
-            subscription._tornadose_last_event_id = own_id
-            if not ids or getattr(store, "_conflate", False):
-                continue
-            if own_id is not None:
-                gap = store._resume_point(own_id)[1]  # type: ignore[attr-defined]
-            elif tracked:
-                gap = {"reason": "untracked", "last_event_id": last_event_id[:128], "missed": None}  # type: ignore[index]
-            else:
-                gap = store._resume_point(ids[0])[1]  # type: ignore[attr-defined]
-            if gap is None:
-                continue
-            # The notice is written here, labelled with its topic, instead of by the
-            # store: the topic starts live.
-            subscription._tornadose_last_event_id = None
-            gap["topic"] = subscription.topic
-            notices.append((store, subscription, gap))
-        self._gap_notices = notices
-
-    def _subscribe(self) -> None:
-        super()._subscribe()  # type: ignore[misc]
-        self.registry.connections += 1
-        self._counted = True
-        notices, self._gap_notices = self._gap_notices, []
-        for store, subscription, gap in notices:
-            # Its id is the topic's live position: resuming from it loses nothing more.
-            live = store._event_id(store._resume_point(None)[0] - 1)
-            sse, ws, _ = build_frames(gap, live, _GAP_EVENT)
-            store._gaps += 1
-            store._write_extra(subscription._tornadose_sink, sse, ws)
-
-    def _end_topics(self) -> None:
-        """A topic's store is closing: the connection ends after everything submitted
-        so far to any of its topics, as with one store."""
-        for store, subscription in self._targets:
-            sink = subscription._tornadose_sink
-            if sink is not None:
-                # Only this connection's cursor: flushing whole stores here would cost
-                # topics x subscribers for each connection a registry.close() ends.
-                store._fanout.flush_one(sink)  # type: ignore[attr-defined]
-        self._tornadose_end()  # type: ignore[attr-defined]
+    def _attach(self, stream: Any, format: int, deliver: Any = None) -> None:
+        self._tornadose_sink = TopicSink(stream, format, self._lapped, deliver)
 
     def _unsubscribe(self) -> None:
         super()._unsubscribe()  # type: ignore[misc]
-        if self._counted:
-            self._counted = False
-            self.registry.connections -= 1
-        held, self._held = self._held, []
+        held, self._tornadose_topics = self._tornadose_topics, []
         if held:
-            self.registry.release(held)
+            self.registry.release([topic.name for topic in held])
 
 
 class TopicEventSource(_TopicHandler, EventSource):
@@ -574,17 +512,17 @@ class TopicEventSource(_TopicHandler, EventSource):
     The topics come from the URL: every path argument of the route (e.g.
     ``r"/quotes/([^/]+)"``) and every ``topics`` query argument, each a comma-separated
     list: ``/quotes/AAPL,MSFT``, ``/quotes?topics=AAPL,MSFT``. Each event's ``event:``
-    field is its topic (``es.addEventListener("AAPL", ...)``); order is kept within a
-    topic, not across topics. A latest-value topic sends its current value at once, then
-    each new value; an every-message topic every message. Resuming from Last-Event-ID
-    follows the rule in :mod:`tornadose.topics`; gap notices carry ``"topic"``.
+    field is its topic (``es.addEventListener("AAPL", ...)``); events of all its topics
+    come in submit order, everything new in one write per loop turn. A latest-value
+    topic sends its current value at once, then each new value; a queue topic every
+    message. One Last-Event-ID resumes every topic (see :mod:`tornadose.topics`).
 
     Refused with a plain-text reason: 400 for a bad topic name (see
     :func:`~tornadose.topics.check_topic_name`), no topic, more than
     ``max_topics_per_subscriber`` topics, or a new topic past ``max_topics``; 404 for an
     unknown topic when the registry does not create topics for subscribers; 503 as
-    :class:`EventSource` when a topic's store is at ``max_subscribers``. Retry hint,
-    heartbeats and closing as :class:`EventSource`; ``publish`` is not used.
+    :class:`EventSource` at the registry's ``max_subscribers``. Retry hint, heartbeats
+    and closing as :class:`EventSource`; ``publish`` is not used.
     """
 
     def initialize(  # type: ignore[override]
@@ -602,13 +540,27 @@ class TopicEventSource(_TopicHandler, EventSource):
             self._reserve()
 
 
+#: The event of the WebSocket notice confirming a subscription change.
+SUBSCRIBED_EVENT = "tornadose-subscribed"
+#: The event of the WebSocket notice refusing a client's request.
+ERROR_EVENT = "tornadose-error"
+
+
 class TopicWebSocketSubscriber(_TopicHandler, WebSocketSubscriber):
-    """WebSocket subscriber to one or several topics, named in the URL as for
-    :class:`TopicEventSource` (refusals answer the upgrade request the same way).
+    """WebSocket subscriber to topics: those named in the URL as for
+    :class:`TopicEventSource` (none is fine), changed over the open socket.
 
     Each frame is ``{"id": ..., "event": "<topic>", "data": ...}``; a client that
-    reconnects with ``?last_event_id=`` (one id, or the last id of each topic,
-    comma-separated) resumes as :class:`TopicEventSource` describes. Otherwise as
+    reconnects with ``?last_event_id=<the last id it saw>`` resumes every topic as
+    :class:`TopicEventSource` does. The client may send text frames
+    ``{"subscribe": ["AAPL", "MSFT"]}`` and ``{"unsubscribe": ["AAPL"]}``; once the
+    change is in effect the server sends
+    ``{"event": "tornadose-subscribed", "data": {"topics": [<all its topics, sorted>]}}``:
+    nothing of an unsubscribed topic follows it, and a newly subscribed latest-value
+    topic's current value does. A request that is not such JSON, names a bad or
+    unknown topic, or would exceed ``max_topics_per_subscriber`` gets
+    ``{"event": "tornadose-error", "data": {"reason": "<what is wrong>", ...}}``; the
+    connection stays open with its topics unchanged. Otherwise as
     :class:`WebSocketSubscriber`.
     """
 
@@ -617,5 +569,81 @@ class TopicWebSocketSubscriber(_TopicHandler, WebSocketSubscriber):
         self._bind_registry(registry)
 
     def prepare(self) -> None:
-        if self._resolve_topics():
+        if self._resolve_topics(allow_empty=True):
             self._reserve()
+
+    def on_message(self, message: str | bytes) -> None:
+        """Apply a ``subscribe`` / ``unsubscribe`` request (see the class)."""
+        try:
+            request = orjson.loads(message)
+        except orjson.JSONDecodeError:
+            self._refuse("not JSON: send {\"subscribe\": [...]} or {\"unsubscribe\": [...]}")
+            return
+        if (
+            not isinstance(request, dict)
+            or not request
+            or not set(request) <= {"subscribe", "unsubscribe"}
+        ):
+            self._refuse('expected {"subscribe": [...]} or {"unsubscribe": [...]}')
+            return
+        for key, names in request.items():
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                self._refuse(f"{key!r} takes a list of topic names")
+                return
+        registry = self.registry
+        current = {topic.name: topic for topic in self._tornadose_topics}
+        wanted = [n for n in dict.fromkeys(request.get("subscribe", ())) if n not in current]
+        dropped = [n for n in dict.fromkeys(request.get("unsubscribe", ())) if n in current]
+        try:
+            for name in wanted:
+                check_topic_name(name)
+        except TopicNameError as exc:
+            self._refuse(str(exc), topics=[n for n in wanted if not _valid(n)])
+            return
+        limit = registry.max_topics_per_subscriber
+        if len(current) - len(dropped) + len(wanted) > limit:
+            self._refuse(f"too many topics: at most {limit} per subscriber", limit=limit)
+            return
+        try:
+            added = registry.acquire(wanted)
+        except TopicError as exc:
+            self._refuse(str(exc))
+            return
+        removed = [current[name] for name in dropped]
+        if self._tornadose_sink is None or not registry.change(self, added, removed):
+            registry.release(wanted)
+            return
+        kept = [t for t in self._tornadose_topics if t.name not in dropped]
+        self._tornadose_topics = kept + added
+        self.topics = [topic.name for topic in self._tornadose_topics]
+        registry.release(dropped)
+        self._notify(SUBSCRIBED_EVENT, {"topics": sorted(self.topics)})
+        registry.snapshot(self, added)
+
+    def _refuse(self, reason: str, **details: Any) -> None:
+        self._notify(ERROR_EVENT, {"reason": reason, **details})
+
+    def _notify(self, event: str, data: dict[str, Any]) -> None:
+        sink = self._tornadose_sink
+        frame = ws_text_frame(orjson.dumps({"event": event, "data": data}))
+        if sink is not None:
+            # Through the connection's own queue, so it keeps its place among frames.
+            self.registry._write_extra(sink, b"", frame)
+        else:
+            try:
+                self.write_message(frame[_ws_header_size(frame):])
+            except WebSocketClosedError:
+                pass
+
+
+def _valid(name: str) -> bool:
+    try:
+        check_topic_name(name)
+    except TopicNameError:
+        return False
+    return True
+
+
+def _ws_header_size(frame: bytes) -> int:
+    length = frame[1] & 0x7F
+    return 2 if length < 126 else 4 if length == 126 else 10

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 from ._backend import BACKEND
 
 if TYPE_CHECKING or BACKEND == "python":
-    from ._ring_py import SSE, WS, Ring
+    from ._ring_py import SSE, WS, Ring, TopicRing, TopicState
 else:
-    from ._ring_c import SSE, WS, Ring
+    from ._ring_c import SSE, WS, Ring, TopicRing, TopicState
 
-__all__ = ["SSE", "WS", "Ring"]
+__all__ = ["SSE", "WS", "Ring", "TopicRing", "TopicState"]

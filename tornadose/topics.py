@@ -1,53 +1,69 @@
-"""Topics: stores addressed by name, created on demand within limits.
+"""Topics: many named streams on one connection, as views of ONE log.
 
-A market feed is many symbols, and each client wants a handful. A
-:class:`TopicRegistry` holds one store per topic (a :class:`~tornadose.stores.DataStore`
-for latest-value topics, a :class:`~tornadose.stores.QueueStore` for every-message
-topics), created with ``event=<topic>`` so that every frame says which topic it belongs
-to: SSE ``event: <topic>``, WebSocket ``{"id": ..., "event": "<topic>", "data": ...}``.
+A market feed is many symbols, and each client watches a handful. A
+:class:`TopicRegistry` keeps one bounded log (a :class:`~tornadose.ring.TopicRing`) of
+pre-built frames for all its topics, in submit order, under one sequence and one id
+space (``<epoch>-<seq>``). Every frame says which topic it belongs to: SSE
+``event: <topic>``, WebSocket ``{"id": ..., "event": "<topic>", "data": ...}``.
 :class:`~tornadose.handlers.TopicEventSource` and
-:class:`~tornadose.handlers.TopicWebSocketSubscriber` subscribe one connection to the
-topics named in its URL.
+:class:`~tornadose.handlers.TopicWebSocketSubscriber` subscribe one connection to
+several topics; the connection holds ONE cursor and its set of topics, and each loop
+turn it gets everything new of its topics in ONE write, however many topics it has.
+
+Kinds. ``TopicRegistry(QueueStore)`` makes queue topics: every message, in order; a
+connection that falls so far behind that the log lost one of ITS messages is
+disconnected, never silently skipped. ``TopicRegistry(DataStore)`` makes latest-value
+topics: a new connection (and a new subscription) gets each topic's current value
+first, and a connection that is behind gets only the newest value of each topic.
+Across the topics of one connection, order is submit order.
+
+Resuming with one id. A browser's EventSource keeps ONE Last-Event-ID; since ids are
+positions in the one log, that id resumes every topic of the connection: a client that
+comes back with the last id it saw gets every message of its queue topics after it,
+exactly once and in order (latest-value topics: each current value it has not seen).
+Only when the log no longer holds a message of one of its topics after that id (or the
+id is not from this log) does it get ONE ``tornadose-gap`` notice, ``{"reason":
+"expired" | "restarted" | "unknown" | "malformed", "last_event_id": ..., "missed": null,
+"topics": [<the topics that lost messages>]}``, whose id is the position from which
+delivery is complete again. An id replays only the topics the connection subscribes to.
 
 Publishers go through :meth:`TopicRegistry.submit` (or :meth:`TopicRegistry.topic`),
 which creates the topic when needed and keeps it. A topic that only subscribers asked
 for is created for them (so a client may subscribe before the first message) and
 removed again when its last subscriber leaves, so clients cannot fill the registry
 with names nobody publishes.
-
-Resuming with several topics on one connection. Event ids are ``<store epoch>-<seq>``
-and every topic's store has its own epoch, so an id names its topic. A browser's
-EventSource keeps ONE Last-Event-ID (the last event it saw, of whichever topic); a
-WebSocket client may send the last id of each topic, comma-separated, in
-``?last_event_id=``. On reconnection:
-
-- a latest-value topic sends its current value (the snapshot), unless that value is
-  exactly the one a given id names: nothing to resume, nothing missed;
-- an every-message topic whose own id is given resumes right after it, exactly (no
-  gap, no duplicate), or says why it cannot with a ``tornadose-gap`` notice;
-- an every-message topic without its own id starts live after a ``tornadose-gap``
-  notice: reason ``untracked`` when the ids name other topics of the connection,
-  otherwise the reason the id gives (``restarted``, ``malformed``...), ``missed``
-  ``null``. A gap is never silent.
-
-Gap notices of topic handlers carry ``"topic"``: ``{"reason": ..., "last_event_id": ...,
-"missed": ..., "topic": "AAPL"}``; their id is that topic's live position, so resuming
-from it loses nothing more. Without any id every topic starts live (or with its
-snapshot), as for a new subscriber. Order is kept within a topic, not across topics.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
-from .stores import DataStore, _RingStore
+from .frames import build_frames
+from .ring import TopicRing, TopicState
+from .stores import (
+    _GAP_EVENT,
+    DEFAULT_CAPACITY,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_WRITE_TIMEOUT,
+    SUBMITTED,
+    DataStore,
+    QueueStore,
+    _new_epoch,
+    _RingStore,
+    _Submitted,
+)
+from .fanout import FORMAT_WS
+from .topicfanout import TopicFanout, TopicSink
 
 __all__ = [
     "DEFAULT_MAX_TOPICS",
     "DEFAULT_MAX_TOPICS_PER_SUBSCRIBER",
     "TOPIC_PATTERN",
+    "Topic",
     "TopicError",
     "TopicLimitError",
     "TopicNameError",
@@ -109,19 +125,72 @@ def check_topic_name(name: str) -> str:
     return name
 
 
-class TopicRegistry:
-    """A set of stores addressed by topic name.
+# Longest Last-Event-ID echoed back in a gap notice.
+_ID_ECHO_LIMIT = 128
 
-    ``TopicRegistry(DataStore)`` makes latest-value topics: a subscriber gets the current
-    value of each topic it asks for at once (a snapshot), then every new value.
-    ``TopicRegistry(QueueStore, capacity=1024)`` makes every-message topics. Each topic's
-    store is ``store_class(event=name, **store_kwargs)``; ``store_class`` may be any
-    callable returning a store of this package (a ``DataStore``, ``QueueStore`` or
-    ``RedisStore``), anything else raises ``TypeError`` when the first topic is made.
+
+class Topic:
+    """One topic of a :class:`TopicRegistry`, as a publisher sees it.
+
+    ``submit(message)`` publishes to it (called plainly or awaited, as a store's);
+    ``data`` is the current value of a latest-value topic; ``subscribers`` the handlers
+    subscribed to it now; ``stats()`` its counters.
+    """
+
+    __slots__ = ("registry", "name", "_state", "_event", "_data", "_messages")
+
+    def __init__(self, registry: TopicRegistry, name: str) -> None:
+        self.registry = registry
+        self.name = name
+        self._state = TopicState(name)
+        self._event = name.encode()
+        self._data: Any = None
+        self._messages = 0
+
+    @property
+    def event(self) -> str:
+        """The SSE ``event:`` type of its messages: the topic's name."""
+        return self.name
+
+    def submit(self, message: Any) -> _Submitted:
+        """Publish ``message`` to this topic; see :meth:`TopicRegistry.submit`."""
+        self.registry._publish(self, message)
+        return SUBMITTED
+
+    @property
+    def data(self) -> Any:
+        """The newest message, as given (``None`` before the first, and on queue topics
+        only the newest too: the registry keeps no copy of older ones)."""
+        return self._data
+
+    @property
+    def subscribers(self) -> set[Any]:
+        """The handlers subscribed to this topic now."""
+        handlers = self.registry._handlers
+        return {handlers[sink] for sink in self._state.subs if sink in handlers}
+
+    def stats(self) -> dict[str, int]:
+        """``subscribers`` (connections subscribed now) and ``messages`` submitted."""
+        return {"subscribers": len(self._state.subs), "messages": self._messages}
+
+    def __repr__(self) -> str:
+        return f"<Topic {self.name!r} of {self.registry!r}>"
+
+
+class TopicRegistry:
+    """Named topics over one log, created on demand within limits.
+
+    ``TopicRegistry(DataStore)`` makes latest-value topics, ``TopicRegistry(QueueStore)``
+    every-message topics (subclasses too); any other ``store_class`` raises
+    ``TypeError``. The keyword arguments a store takes size the ONE log and apply to
+    every connection: ``capacity`` (entries, all topics together), ``max_bytes``,
+    ``max_message_size``, ``max_subscribers`` (connections; more get 503) and
+    ``write_timeout``.
 
     Limits: ``max_topics`` topics in the registry, ``max_topics_per_subscriber`` topics
     on one connection. With ``create_on_subscribe=False`` subscribers can only ask for
-    topics a publisher created. Raises ``ValueError`` for a limit below 1.
+    topics a publisher created. Raises ``ValueError`` for a limit below 1 and
+    ``TypeError`` for an unknown keyword argument.
     """
 
     def __init__(
@@ -131,6 +200,11 @@ class TopicRegistry:
         max_topics: int = DEFAULT_MAX_TOPICS,
         max_topics_per_subscriber: int = DEFAULT_MAX_TOPICS_PER_SUBSCRIBER,
         create_on_subscribe: bool = True,
+        capacity: int = DEFAULT_CAPACITY,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_subscribers: int | None = None,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         **store_kwargs: Any,
     ) -> None:
         if max_topics < 1:
@@ -140,100 +214,199 @@ class TopicRegistry:
                 f"max_topics_per_subscriber must be at least 1, got {max_topics_per_subscriber}"
             )
         if "event" in store_kwargs:
-            raise TypeError("a topic store's event is its topic name; do not pass event=")
-        if not getattr(store_class, "_ids_name_the_store", True):
-            # Resuming a topic connection routes each Last-Event-ID to the store it names;
-            # with ids that name no store, a resuming client would silently start live.
+            raise TypeError("a topic's event is its topic name; do not pass event=")
+        if store_kwargs:
+            raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(store_kwargs))}")
+        if max_message_size < 1:
+            raise ValueError(f"max_message_size must be at least 1, got {max_message_size}")
+        if max_subscribers is not None and max_subscribers < 1:
+            raise ValueError(f"max_subscribers must be at least 1, got {max_subscribers}")
+        if write_timeout < 0:
+            raise ValueError(f"write_timeout must not be negative, got {write_timeout}")
+        if isinstance(store_class, type) and issubclass(store_class, DataStore):
+            latest = True
+        elif isinstance(store_class, type) and issubclass(store_class, QueueStore):
+            latest = False
+        else:
             raise TypeError(
-                f"{getattr(store_class, '__name__', store_class)!r} cannot back topics: its "
-                "event ids do not name their store, so resuming would lose messages silently"
+                f"{getattr(store_class, '__name__', store_class)!r} cannot back topics: a "
+                "TopicRegistry keeps one log for all its topics, of the DataStore (latest "
+                "value) or QueueStore (every message) kind"
             )
         self.store_class = store_class
-        self.store_kwargs = store_kwargs
+        self.latest = latest
         self.max_topics = max_topics
         self.max_topics_per_subscriber = max_topics_per_subscriber
         self.create_on_subscribe = create_on_subscribe
-        self._stores: dict[str, _RingStore] = {}
+        self.max_message_size = max_message_size
+        self.max_subscribers = max_subscribers
+        # Sequence numbers start at 1, so that position 0 means "nothing seen yet".
+        self._ring = TopicRing(capacity, max_bytes, 1, keep_latest=latest)
+        self._fanout = TopicFanout(self._ring, latest, write_timeout)
+        self._epoch = _new_epoch()
+        self._id_prefix = self._epoch + b"-"
+        self._topics: dict[str, Topic] = {}
         # Topics a publisher asked for: kept until removed. The others live while a
         # connection holds them; _holders counts those connections.
         self._kept: set[str] = set()
         self._holders: dict[str, int] = {}
-        #: Connections subscribed through this registry's handlers right now.
-        self.connections = 0
+        self._handlers: dict[TopicSink, Any] = {}
+        self._flush_loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._joining = 0
+        self._disconnected = 0
+        self._resumed = 0
+        self._gaps = 0
+        self._rejected = 0
+
+    @property
+    def capacity(self) -> int:
+        """How many messages the log retains, all topics together."""
+        return self._ring.capacity
+
+    @property
+    def connections(self) -> int:
+        """Connections subscribed through this registry's handlers right now."""
+        return len(self._fanout)
 
     # -- publishing ---------------------------------------------------------------
 
-    def topic(self, name: str) -> _RingStore:
-        """The store of topic ``name``, created if needed and kept until :meth:`remove`.
+    def topic(self, name: str) -> Topic:
+        """Topic ``name``, created if needed and kept until :meth:`remove`.
 
         Raises :class:`TopicNameError` for a bad name and :class:`TopicLimitError` when
         ``max_topics`` topics exist already.
         """
-        store = self._stores.get(name)
-        if store is None:
-            store = self._create(check_topic_name(name))
+        topic = self._topics.get(name)
+        if topic is None:
+            topic = self._create(check_topic_name(name))
         self._kept.add(name)
-        return store
+        return topic
 
-    def submit(self, name: str, message: Any) -> Any:
-        """Submit ``message`` to topic ``name`` (created if needed); returns what the
-        store's ``submit`` returns. Raises as :meth:`topic` does, and as the store's
-        ``submit`` does for a message that cannot be sent."""
-        return self.topic(name).submit(message)
+    def submit(self, name: str, message: Any) -> _Submitted:
+        """Submit ``message`` to topic ``name`` (created if needed). Works called plainly
+        or awaited. Raises as :meth:`topic` does, ``TypeError`` for a message that cannot
+        be serialized and ``ValueError`` for invalid UTF-8 or one over
+        ``max_message_size``; nothing is queued then. On a latest-value registry,
+        ``None`` clears the topic's current value."""
+        self._publish(self.topic(name), message)
+        return SUBMITTED
+
+    def _publish(self, topic: Topic, message: Any) -> None:
+        state = topic._state
+        if message is None and self.latest:
+            state.last_sse = state.last_ws = None
+            topic._data = None
+            return
+        ring = self._ring
+        sse, ws, size = build_frames(message, self._event_id(ring.head), topic._event)
+        if size > self.max_message_size:
+            raise ValueError(
+                f"message of {size} bytes exceeds max_message_size={self.max_message_size}"
+            )
+        ring.append(sse, ws, state)
+        topic._messages += 1
+        topic._data = message
+        if self._fanout:
+            self._schedule()
+        else:
+            # Nobody to deliver to: the next connection starts from here.
+            self._fanout.flushed = ring.head
+
+    _schedule = _RingStore._schedule
+
+    def _flush(self) -> None:
+        self._flush_loop = None
+        self._fanout.flush()
+
+    def publish(self) -> None:
+        """Deliver everything submitted so far now, instead of at the end of this
+        event-loop iteration. Delivery never needs this call."""
+        self._flush()
 
     def remove(self, name: str) -> None:
-        """Close topic ``name`` (its subscribers' streams end cleanly, see
-        ``store.close()``) and forget it; unknown names are ignored."""
-        store = self._stores.pop(name, None)
+        """Forget topic ``name``: what was submitted to it is delivered, then every
+        connection subscribed to it ends cleanly (SSE responses end, WebSockets close
+        with 1001), as ``store.close()`` does. Unknown names are ignored."""
+        topic = self._topics.pop(name, None)
         self._kept.discard(name)
         self._holders.pop(name, None)
-        if store is not None:
-            store.close()
+        if topic is None:
+            return
+        self._flush()
+        for sink in tuple(topic._state.subs):
+            self._end(sink)
 
     def close(self) -> None:
-        """Close every topic's store: deliver what is pending, then end every
-        subscriber's stream. The topics stay, and can be used again."""
-        for store in list(self._stores.values()):
-            store.close()
+        """Deliver what is pending, then end every connection's stream cleanly. The
+        topics stay, and can be used again."""
+        self._flush()
+        for sink in tuple(self._fanout):
+            self._end(sink)
+
+    def _end(self, sink: TopicSink) -> None:
+        handler = self._handlers.get(sink)
+        if handler is None:
+            self._fanout.discard(sink)
+            return
+        self.deregister(handler)
+        handler._tornadose_end()
 
     # -- looking ------------------------------------------------------------------
 
     def __contains__(self, name: object) -> bool:
-        return name in self._stores
+        return name in self._topics
 
     def __len__(self) -> int:
-        return len(self._stores)
+        return len(self._topics)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._stores))
+        return iter(list(self._topics))
 
-    def items(self) -> list[tuple[str, _RingStore]]:
-        """``(name, store)`` for every topic, in creation order."""
-        return list(self._stores.items())
+    def items(self) -> list[tuple[str, Topic]]:
+        """``(name, topic)`` for every topic, in creation order."""
+        return list(self._topics.items())
 
     def stats(self) -> dict[str, int]:
-        """The topics' ``store.stats()`` counters, summed (``max_lag``: the largest),
-        plus ``topics`` and ``connections`` (subscribed connections; ``subscribers`` is
-        the number of topic subscriptions, several per connection)."""
-        total: dict[str, int] = {"topics": len(self._stores), "connections": self.connections}
-        for store in self._stores.values():
-            for key, value in store.stats().items():
-                if key == "max_lag":
-                    total[key] = max(total.get(key, 0), value)
-                else:
-                    total[key] = total.get(key, 0) + value
-        total.setdefault("subscribers", 0)
-        total.setdefault("max_lag", 0)
-        return total
+        """Counters since the registry was created, and its current state.
+
+        ``topics``; ``connections`` subscribed now and ``subscribers``, their topic
+        subscriptions (several per connection); ``messages`` submitted, all topics;
+        ``retained``/``retained_bytes`` in the log now; ``delivered`` messages written
+        (summed over connections) in ``writes`` writes; ``lapped`` and ``timed_out``
+        connections dropped (lost messages of their topics; socket full past
+        ``write_timeout``); ``disconnected`` connections that left for any reason;
+        ``resumed`` from a Last-Event-ID and ``gaps`` that got a gap notice instead;
+        ``rejected`` over ``max_subscribers``; ``max_lag`` entries of the log the
+        furthest-behind connection has yet to pass.
+        """
+        ring = self._ring
+        stats = {
+            "topics": len(self._topics),
+            "connections": len(self._fanout),
+            "subscribers": sum(len(t._state.subs) for t in self._topics.values()),
+            "messages": ring.head - 1,
+            "retained": len(ring),
+            "retained_bytes": ring.nbytes,
+        }
+        stats.update(self._fanout.stats())
+        stats.update(
+            disconnected=self._disconnected,
+            resumed=self._resumed,
+            gaps=self._gaps,
+            rejected=self._rejected,
+        )
+        return stats
 
     # -- subscribing (used by the topic handlers) ---------------------------------
 
-    def parse(self, specs: Iterable[str]) -> list[str]:
+    def parse(self, specs: Iterable[str], allow_empty: bool = False) -> list[str]:
         """Topic names from URL pieces: each piece a comma-separated list of names.
 
         Returns the names in order, without duplicates or empty pieces. Raises
-        :class:`TopicError` when there are none, :class:`TopicLimitError` for more
-        than ``max_topics_per_subscriber``, :class:`TopicNameError` for a bad name.
+        :class:`TopicError` when there are none (unless ``allow_empty``),
+        :class:`TopicLimitError` for more than ``max_topics_per_subscriber``,
+        :class:`TopicNameError` for a bad name.
         """
         names: dict[str, None] = {}
         limit = self.max_topics_per_subscriber
@@ -243,7 +416,7 @@ class TopicRegistry:
                     names[name] = None
                     if len(names) > limit:
                         raise TopicLimitError(f"too many topics: at most {limit} per subscriber")
-        if not names:
+        if not names and not allow_empty:
             raise TopicError(
                 "no topic requested: name one or several topics in the path or as ?topics=NAME,NAME"
             )
@@ -251,27 +424,27 @@ class TopicRegistry:
             check_topic_name(name)
         return list(names)
 
-    def acquire(self, names: list[str]) -> list[_RingStore]:
-        """The stores of ``names`` (valid, as :meth:`parse` returns them) for one
+    def acquire(self, names: list[str]) -> list[Topic]:
+        """The topics ``names`` (valid, as :meth:`parse` returns them) for one
         connection, created when needed; each must be matched by one :meth:`release`.
 
         Raises :class:`UnknownTopicError` for a topic that does not exist when
         subscribers may not create topics, and :class:`TopicLimitError` when creating
         the missing ones would exceed ``max_topics``; nothing is held then.
         """
-        missing = [name for name in names if name not in self._stores]
+        missing = [name for name in names if name not in self._topics]
         if missing and not self.create_on_subscribe:
             raise UnknownTopicError(f"unknown topic {_echo(missing[0])}")
-        if len(self._stores) + len(missing) > self.max_topics:
+        if len(self._topics) + len(missing) > self.max_topics:
             raise TopicLimitError(
                 f"too many topics: the server's limit of {self.max_topics} topics is "
                 f"reached, so topic {_echo(missing[0])} cannot be created"
             )
-        stores = [self._stores.get(name) or self._create(name) for name in names]
+        topics = [self._topics.get(name) or self._create(name) for name in names]
         holders = self._holders
         for name in names:
             holders[name] = holders.get(name, 0) + 1
-        return stores
+        return topics
 
     def release(self, names: list[str]) -> None:
         """A connection let go of ``names``: topics no publisher created and no other
@@ -283,28 +456,146 @@ class TopicRegistry:
                 holders[name] = count
                 continue
             holders.pop(name, None)
-            store = self._stores.get(name)
-            # A store someone registered with directly is still in use: keep it.
-            if name not in self._kept and store is not None and not store.subscribers:
-                del self._stores[name]
+            topic = self._topics.get(name)
+            if name not in self._kept and topic is not None and not topic._state.subs:
+                del self._topics[name]
+
+    def _admit(self) -> bool:
+        """Reserve a place for a connection about to register; ``False`` (and a
+        rejection counted) at ``max_subscribers``. Each ``True`` needs one
+        :meth:`_release`."""
+        limit = self.max_subscribers
+        if limit is not None and len(self._fanout) + self._joining >= limit:
+            self._rejected += 1
+            return False
+        self._joining += 1
+        return True
+
+    def _release(self) -> None:
+        self._joining -= 1
+
+    def register(self, handler: Any) -> None:
+        """Start delivering to a topic handler: its ``_tornadose_sink`` gets the topics
+        in ``_tornadose_topics``, from where its ``_tornadose_last_event_id`` says
+        (see the module's documentation), after a gap notice when there is one."""
+        sink: TopicSink = handler._tornadose_sink
+        states = [topic._state for topic in handler._tornadose_topics]
+        last_event_id = handler._tornadose_last_event_id
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        cursor, gap, live_from = self._start(states, last_event_id)
+        self._handlers[sink] = handler
+        if gap is not None:
+            self._gaps += 1
+            sse, ws, _ = build_frames(gap, self._event_id(live_from - 1), _GAP_EVENT)
+            self._fanout.write_extra(sink, sse, ws)
+        elif last_event_id is not None:
+            self._resumed += 1
+        self._fanout.add(sink, states, cursor)
+
+    def deregister(self, handler: Any) -> None:
+        """Stop delivering to ``handler``; unknown handlers are ignored."""
+        sink = getattr(handler, "_tornadose_sink", None)
+        if sink is None or self._handlers.pop(sink, None) is None:
+            return
+        self._disconnected += 1
+        self._fanout.discard(sink)
+
+    def change(self, handler: Any, add: list[Topic], remove: list[Topic]) -> bool:
+        """Change a connection's topics: everything of its old topics submitted so far
+        goes out first, then only its new topics'. Returns ``False`` when the
+        connection was dropped instead (lapped)."""
+        sink = handler._tornadose_sink
+        return self._fanout.change(sink, [t._state for t in add], [t._state for t in remove])
+
+    def snapshot(self, handler: Any, topics: list[Topic]) -> None:
+        """Write the current values of latest-value ``topics`` to a connection now,
+        oldest first (those the next flush brings anyway are left to it)."""
+        if not self.latest:
+            return
+        sink = handler._tornadose_sink
+        frames = self._fanout.snapshot([t._state for t in topics], sink.format == FORMAT_WS)
+        self._fanout.write_frames(sink, frames)
+
+    def _write_extra(self, sink: TopicSink, sse: bytes, ws: bytes | None) -> None:
+        self._fanout.write_extra(sink, sse, ws)
 
     # -- internals ----------------------------------------------------------------
 
-    def _create(self, name: str) -> _RingStore:
-        if len(self._stores) >= self.max_topics:
+    def _event_id(self, seq: int) -> bytes:
+        return self._id_prefix + str(seq).encode()
+
+    def _start(
+        self, states: list[TopicState], last_event_id: str | None
+    ) -> tuple[int | None, dict[str, Any] | None, int]:
+        """Where a connection to ``states`` starts: ``(cursor, gap, live_from)``.
+
+        ``cursor`` is ``None`` to start live. ``gap`` is the notice to send first, or
+        ``None``; ``live_from`` the first position it then receives completely (the gap
+        notice's id is the one before it).
+        """
+        fanout = self._fanout
+        seen, reason = self._parse_id(last_event_id)
+        if self.latest:
+            # Every current value it has not seen: all of them without a usable id.
+            return (0 if seen is None else seen + 1), None, fanout.flushed
+        if last_event_id is None:
+            return None, None, fanout.flushed
+        if seen is None:
+            return None, self._gap(reason, last_event_id, states), fanout.flushed
+        cursor = seen + 1
+        tail = self._ring.tail
+        if cursor < tail:
+            lost = fanout.lost(states, cursor)
+            if lost:
+                # Everything the log still holds of its topics follows the notice.
+                return tail, self._gap("expired", last_event_id, lost), tail
+        return cursor, None, cursor
+
+    def _gap(self, reason: str | None, last_event_id: str, lost: list[TopicState]) -> dict[str, Any]:
+        return {
+            "reason": reason,
+            "last_event_id": last_event_id[:_ID_ECHO_LIMIT],
+            "missed": None,
+            "topics": sorted(state.name for state in lost),
+        }
+
+    def _parse_id(self, last_event_id: str | None) -> tuple[int | None, str | None]:
+        """``(seq, None)`` for an id of this log that a client can have seen, else
+        ``(None, reason)``. Several comma-separated ids (one per topic, as clients of
+        earlier versions sent) resume from the newest of them."""
+        if last_event_id is None:
+            return None, None
+        newest: int | None = None
+        reason: str | None = None
+        delivered = self._fanout.flushed - 1
+        for part in last_event_id.split(",")[: self.max_topics_per_subscriber]:
+            epoch, dash, number = part.rpartition("-")
+            if not (dash and number.isascii() and number.isdigit() and len(number) <= 19):
+                found = "malformed"
+            elif epoch.encode("utf-8", "replace") != self._epoch:
+                found = "restarted"
+            elif int(number) > delivered:
+                found = "unknown"
+            else:
+                newest = max(newest or 0, int(number))
+                continue
+            reason = reason or found
+        if newest is not None:
+            return newest, None
+        return None, reason
+
+    def _create(self, name: str) -> Topic:
+        if len(self._topics) >= self.max_topics:
             raise TopicLimitError(
                 f"too many topics: the limit of {self.max_topics} topics is reached, so "
                 f"topic {_echo(name)} cannot be created"
             )
-        store = self.store_class(event=name, **self.store_kwargs)
-        if not isinstance(store, _RingStore):
-            raise TypeError(
-                "a topic store must be a DataStore, QueueStore or RedisStore; "
-                f"{self.store_class!r} made {store!r}"
-            )
-        self._stores[name] = store
-        return store
+        topic = self._topics[name] = Topic(self, name)
+        return topic
 
     def __repr__(self) -> str:
-        kind = getattr(self.store_class, "__name__", repr(self.store_class))
-        return f"<TopicRegistry of {kind}: {len(self._stores)} topics>"
+        kind = "latest-value" if self.latest else "queue"
+        return f"<TopicRegistry ({kind}) {self._epoch.decode()}: {len(self._topics)} topics>"
