@@ -301,3 +301,181 @@ cdef class Fanout:
             self.timed_out += 1
             del self._sinks[sink]
             sink.on_drop()
+
+
+cdef class TopicSink(Sink):
+    """One connection of a topic log: its topics, and where it stands.
+
+    A *live* sink has received every entry of its topics before the fan-out's
+    ``flushed`` mark, so it needs no cursor of its own; a sink that is not live (its
+    socket was full, it is resuming) has everything of its topics before ``cursor`` and
+    is caught up when its stream drains. ``pending`` and ``mark`` are scratch space of
+    one flush.
+    """
+
+    cdef public set topics
+    cdef public list pending
+    cdef public long long mark
+    cdef public bint live
+
+    def __init__(self, stream, int format, on_drop, deliver=None):
+        Sink.__init__(self, stream, format, on_drop, deliver)
+        self.topics = set()
+        self.pending = None
+        self.mark = 0
+        self.live = False
+
+
+cdef bytes _join_frames(list frames, bint chunked):
+    """The frames as one bytes object, inside one HTTP/1.1 chunk when ``chunked``."""
+    cdef Py_ssize_t total = 0, n, h = 0
+    cdef object frame
+    cdef char head[24]
+    for frame in frames:
+        total += PyBytes_GET_SIZE(<bytes>frame)
+    if chunked:
+        h = snprintf(head, sizeof(head), b"%zx\r\n", total)
+    elif len(frames) == 1:
+        return <bytes>frames[0]
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, h + total + (2 if chunked else 0))
+    cdef char *dst = PyBytes_AS_STRING(out)
+    if chunked:
+        memcpy(dst, head, h)
+        dst += h
+    for frame in frames:
+        n = PyBytes_GET_SIZE(<bytes>frame)
+        memcpy(dst, PyBytes_AS_STRING(<bytes>frame), n)
+        dst += n
+    if chunked:
+        dst[0] = b'\r'
+        dst[1] = b'\n'
+    return out
+
+
+cdef class TopicFanoutCore:
+    """The hot part of a topic fan-out: one flush pass, one write per connection.
+
+    The twin of ``TopicFanoutCore`` in ``tornadose/_fanout_py.py``: a flush walks the
+    entries appended since the last one; for each, the connections of its topic
+    (``TopicState.subs``) collect its frame (with ``conflate``, only the topic's newest
+    entry is sent). Each live connection touched then gets what it collected in ONE
+    non-blocking ``send()`` straight to its socket where that is safe. Connections that
+    are not live are left to :class:`tornadose.topicfanout.TopicFanout`.
+    """
+
+    # The ring is touched once per entry of a flush (its topic and frames), never per
+    # connection, so it needs no C-level interface.
+    cdef public object _ring
+    cdef public bint conflate
+    cdef public double write_timeout
+    cdef public dict _sinks
+    cdef public long long flushed
+    cdef public long long _mark
+    cdef public long long delivered
+    cdef public long long writes
+    cdef public long long lapped
+    cdef public long long conflated
+    cdef public long long timed_out
+
+    def __init__(self, ring, bint conflate, double write_timeout=0.0):
+        self._ring = ring
+        self.conflate = conflate
+        self.write_timeout = write_timeout  # seconds; 0 disables
+        self._sinks = {}
+        self.flushed = ring.head
+        self._mark = 0
+        self.delivered = 0
+        self.writes = 0
+        self.lapped = 0
+        self.conflated = 0
+        self.timed_out = 0
+
+    def flush(self):
+        """Bring every live connection up to the ring's head, one write each."""
+        cdef object ring = self._ring
+        cdef long long start = self.flushed
+        cdef long long head = ring.head
+        cdef long long seq, mark
+        cdef list touched = []
+        cdef TopicSink sink
+        cdef dict subs
+        cdef object topic, sse, ws, key
+        cdef bint conflate = self.conflate
+        if start >= head:
+            return
+        if start < ring.tail:
+            self._overrun(start)
+            start = ring.tail
+        self.flushed = head
+        self._mark += 1
+        mark = self._mark
+        entry = ring.entry
+        for seq in range(start, head):
+            topic, sse, ws = entry(seq)
+            subs = topic.subs
+            if conflate and seq != <long long>topic.last_seq:
+                # A latest-value topic sends only its newest value of the turn.
+                self.conflated += len(subs)
+                continue
+            for key in subs:
+                sink = <TopicSink>key
+                if sink.mark != mark:
+                    sink.mark = mark
+                    touched.append(sink)
+                    if sink.live:
+                        sink.pending = [ws if sink.format == FORMAT_WS else sse]
+                elif sink.live:
+                    sink.pending.append(ws if sink.format == FORMAT_WS else sse)
+        for sink in touched:
+            if sink.live:
+                frames = sink.pending
+                sink.pending = None
+                self._write(sink, frames, start)
+            else:
+                self._behind(sink)
+
+    def _write(self, TopicSink sink, list frames, long long before):
+        """Write ``frames`` (everything of its topics from ``before`` to ``flushed``) to
+        ``sink`` in one write. A busy sink stops being live at ``before``; one whose
+        socket takes only part waits, not live, at ``flushed``."""
+        cdef bint busy
+        stream = sink.stream
+        if sink.sock is not None:
+            if stream.socket is not sink.sock:
+                return  # closed: its close callback deregisters it
+            busy = sink.wbuf._size != 0
+        else:
+            if stream.closed():
+                return
+            busy = stream.writing()
+        if busy:
+            sink.live = False
+            sink.cursor = before
+            self._wait_for_drain(sink)
+            return
+        self.delivered += len(frames)
+        self.writes += 1
+        sink.written = True
+        if sink.deliver is not None:
+            sink.deliver(frames)
+            return
+        cdef bytes data = _join_frames(frames, sink.format == FORMAT_SSE_CHUNKED)
+        if sink.sock is None:
+            stream.write(data)
+            return
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
+        cdef ssize_t sent = send(sink.fd, PyBytes_AS_STRING(data), size, MSG_NOSIGNAL | MSG_DONTWAIT)
+        if sent < 0:
+            if errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR:
+                sent = 0
+            else:
+                # The client is gone, which is normal: closing the stream runs its
+                # close callback, which deregisters the connection.
+                code = errno
+                stream.close(exc_info=OSError(code, strerror(code).decode()))
+                return
+        if sent < size:
+            stream.write(memoryview(data)[sent:])
+            sink.live = False
+            sink.cursor = self.flushed
+            self._wait_for_drain(sink)

@@ -27,7 +27,7 @@ cdef class Ring:
     cdef list _ws
     cdef Py_ssize_t *_size
 
-    def __cinit__(self, Py_ssize_t capacity, Py_ssize_t max_bytes, long long first_seq=0):
+    def __cinit__(self, *args, **kwargs):
         self._size = NULL
 
     def __init__(self, Py_ssize_t capacity, Py_ssize_t max_bytes, long long first_seq=0):
@@ -143,3 +143,84 @@ cdef class Ring:
         if self.head == self.tail:
             return None
         return self._store(kind)[(self.head - 1) % self.capacity]
+
+
+cdef class TopicState:
+    """What the log and the fan-out keep of one topic of a :class:`TopicRing`.
+
+    ``subs`` holds the connections subscribed to it now (the topic -> connections index
+    a flush walks, so its cost follows deliveries). ``last_seq`` is the sequence number
+    of its newest entry, ``evicted_upto`` that of its newest entry the ring evicted (0:
+    none), which tells exactly whether a cursor lost one of its messages. A ring that
+    keeps latest values also holds the frames of its newest entry in ``last_sse`` /
+    ``last_ws`` (``None``: no current value), beyond the ring's own history.
+    """
+
+    cdef public str name
+    cdef public dict subs
+    cdef public long long last_seq
+    cdef public long long evicted_upto
+    cdef public object last_sse
+    cdef public object last_ws
+    cdef object __weakref__
+
+    def __init__(self, str name):
+        self.name = name
+        self.subs = {}
+        self.last_seq = 0
+        self.evicted_upto = 0
+        self.last_sse = None
+        self.last_ws = None
+
+    def __repr__(self):
+        return f"<TopicState {self.name!r}>"
+
+
+cdef class TopicRing(Ring):
+    """One bounded history for many topics: every entry also knows its topic.
+
+    Entries keep submit order across topics, under one sequence. With ``keep_latest``
+    each topic also keeps the frames of its newest entry after the ring evicts it (the
+    current value of a latest-value topic).
+    """
+
+    cdef readonly bint keep_latest
+    cdef list _topic
+
+    def __init__(self, Py_ssize_t capacity, Py_ssize_t max_bytes, long long first_seq=0, bint keep_latest=False):
+        Ring.__init__(self, capacity, max_bytes, first_seq)
+        self.keep_latest = keep_latest
+        self._topic = [None] * capacity
+
+    cpdef long long add_entry(self, bytes sse, bytes ws, TopicState topic) except -1:
+        """Store one message of ``topic`` and return its sequence number (see
+        :meth:`Ring.append`). Raises ``TypeError`` without a topic."""
+        if topic is None:
+            raise TypeError("a TopicRing entry needs its topic")
+        cdef long long seq = self.append(sse, ws)
+        self._topic[seq % self.capacity] = topic
+        topic.last_seq = seq
+        if self.keep_latest:
+            topic.last_sse = sse
+            topic.last_ws = ws
+        return seq
+
+    cdef void _evict(self):
+        cdef Py_ssize_t i = self.tail % self.capacity
+        cdef object topic = self._topic[i]
+        if topic is not None:
+            (<TopicState>topic).evicted_upto = self.tail
+            self._topic[i] = None
+        Ring._evict(self)
+
+    cpdef tuple entry(self, long long seq):
+        """``(topic, sse, ws)`` of entry ``seq``; raises ``IndexError`` outside
+        ``tail .. head-1``."""
+        if not self.tail <= seq < self.head:
+            raise IndexError(f"sequence {seq} is outside the ring ({self.tail}..{self.head})")
+        cdef Py_ssize_t i = seq % self.capacity
+        return (self._topic[i], self._sse[i], self._ws[i])
+
+    def topic_at(self, long long seq):
+        """The topic of entry ``seq``; raises ``IndexError`` outside ``tail .. head-1``."""
+        return self.entry(seq)[0]

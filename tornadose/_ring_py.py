@@ -141,12 +141,12 @@ class TopicRing(Ring):
         self.keep_latest = keep_latest
         self._topic: list[TopicState | None] = [None] * capacity
 
-    def append(self, sse: bytes, ws: bytes, topic: TopicState | None = None) -> int:  # type: ignore[override]
+    def add_entry(self, sse: bytes, ws: bytes, topic: TopicState) -> int:
         """Store one message of ``topic`` and return its sequence number (see
         :meth:`Ring.append`). Raises ``TypeError`` without a topic."""
         if topic is None:
             raise TypeError("a TopicRing entry needs its topic")
-        seq = super().append(sse, ws)
+        seq = self.append(sse, ws)
         self._topic[seq % self.capacity] = topic
         topic.last_seq = seq
         if self.keep_latest:

@@ -304,7 +304,7 @@ class TopicRegistry:
             raise ValueError(
                 f"message of {size} bytes exceeds max_message_size={self.max_message_size}"
             )
-        ring.append(sse, ws, state)
+        ring.add_entry(sse, ws, state)
         topic._messages += 1
         topic._data = message
         if self._fanout:
