@@ -1,0 +1,298 @@
+"""Topics as views of one log: one write per connection per loop turn, the WebSocket
+subscribe protocol, and TCP_NODELAY on every subscriber socket. Real server, real
+clients (our independent SSE parser, Tornado's and the `websockets` library's
+WebSocket clients)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import pytest
+
+from tornadose.handlers import (
+    EventSource,
+    TopicEventSource,
+    TopicWebSocketSubscriber,
+    WebSocketSubscriber,
+)
+from tornadose.stores import DataStore, QueueStore
+from tornadose.topics import TopicRegistry
+
+from .helpers import LibWS, TornadoWS, wait_until
+from .sseclient import RawSSEClient
+
+
+def routes(registry, prefix=""):
+    return [
+        (prefix + r"/sse(?:/([^/]+))?", TopicEventSource, {"registry": registry}),
+        (prefix + r"/ws(?:/([^/]+))?", TopicWebSocketSubscriber, {"registry": registry}),
+    ]
+
+
+async def recv(ws: LibWS, timeout: float = 10.0) -> dict:
+    return json.loads(await asyncio.wait_for(ws.conn.recv(), timeout))
+
+
+async def nothing_more(ws: LibWS, wait: float = 0.2) -> None:
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(ws.conn.recv(), wait)
+
+
+def subscribed(*topics: str) -> dict:
+    return {"event": "tornadose-subscribed", "data": {"topics": sorted(topics)}}
+
+
+# -- one write per connection per loop turn ------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["sse", "ws"])
+async def test_a_turn_of_many_topics_is_one_write_per_connection(serve, kind):
+    ticks = TopicRegistry(QueueStore)
+    port = await serve(routes(ticks))
+    topics = [f"S{i:02d}" for i in range(50)]
+    clients = []
+    for c in range(4):
+        mine = ",".join(topics[c % 2 :: 2])  # 25 topics each; two connections per topic
+        if kind == "sse":
+            clients.append(await RawSSEClient.connect("127.0.0.1", port, f"/sse?topics={mine}"))
+        else:
+            clients.append(await LibWS.connect(port, f"/ws?topics={mine}"))
+    await wait_until(lambda: ticks.connections == 4)
+    for i in range(200):  # one loop turn, every topic four times
+        ticks.submit(topics[i % 50], i)
+    await asyncio.sleep(0)
+    ticks.publish()
+    stats = ticks.stats()
+    assert (stats["delivered"], stats["writes"]) == (400, 4)
+    for c, client in enumerate(clients):
+        expected = [i for i in range(200) if i % 2 == c % 2]
+        if kind == "sse":
+            got = [int(e.data) for e in await client.read_events(100)]
+            client.close_fin()
+        else:
+            got = [(await recv(client))["data"] for _ in range(100)]
+            await client.close()
+        assert got == expected  # submit order across its topics
+
+
+async def test_a_flush_touches_only_the_connections_of_the_new_entries(serve):
+    """The cost of a flush follows deliveries: connections whose topics got nothing are
+    neither written nor visited."""
+    ticks = TopicRegistry(QueueStore)
+    port = await serve(routes(ticks))
+    quiet = [await RawSSEClient.connect("127.0.0.1", port, f"/sse?topics=Q{i}") for i in range(20)]
+    busy = await RawSSEClient.connect("127.0.0.1", port, "/sse?topics=B")
+    await wait_until(lambda: ticks.connections == 21)
+    marks = [sink.mark for sink in ticks._fanout]
+    for i in range(10):
+        ticks.submit("B", i)
+    ticks.publish()
+    touched = [sink for sink, before in zip(ticks._fanout, marks) if sink.mark != before]
+    assert len(touched) == 1 and ticks.stats()["writes"] == 1
+    assert [e.data for e in await busy.read_events(10)] == [str(i) for i in range(10)]
+    for client in quiet + [busy]:
+        client.close_fin()
+
+
+# -- the WebSocket subscribe protocol ------------------------------------------------------
+
+
+@pytest.mark.parametrize("client_cls", [LibWS, TornadoWS], ids=["websockets", "tornado"])
+async def test_subscribe_and_unsubscribe_over_the_open_socket(serve, client_cls):
+    ticks = TopicRegistry(QueueStore)
+    port = await serve(routes(ticks))
+    ws = await client_cls.connect(port, "/ws")  # no topics in the URL
+    await wait_until(lambda: ticks.connections == 1)
+
+    async def send(obj):
+        if client_cls is LibWS:
+            await ws.conn.send(json.dumps(obj))
+        else:
+            await ws.conn.write_message(json.dumps(obj))
+
+    async def read():
+        if client_cls is LibWS:
+            return await recv(ws)
+        return json.loads(await asyncio.wait_for(ws.conn.read_message(), 10))
+
+    await send({"subscribe": ["MSFT", "AAPL", "MSFT"]})
+    assert await read() == subscribed("AAPL", "MSFT")
+    for topic in ("AAPL", "IBM", "MSFT"):
+        ticks.submit(topic, topic.lower())
+    assert [(f["event"], f["data"]) for f in [await read(), await read()]] == [
+        ("AAPL", "aapl"),
+        ("MSFT", "msft"),
+    ]
+    await send({"unsubscribe": ["AAPL", "NEVER"], "subscribe": ["IBM"]})
+    assert await read() == subscribed("IBM", "MSFT")
+    for topic in ("AAPL", "IBM", "MSFT"):
+        ticks.submit(topic, topic.lower() + "2")
+    assert [(f["event"], f["data"]) for f in [await read(), await read()]] == [
+        ("IBM", "ibm2"),
+        ("MSFT", "msft2"),
+    ]
+    await ws.close()
+    await wait_until(lambda: ticks.connections == 0)
+    assert sorted(ticks) == ["AAPL", "IBM", "MSFT"]  # published to: kept
+
+
+async def test_nothing_of_an_unsubscribed_topic_follows_the_notice(serve):
+    ticks = TopicRegistry(QueueStore)
+    port = await serve(routes(ticks))
+    ws = await LibWS.connect(port, "/ws?topics=A,B")
+    await wait_until(lambda: ticks.connections == 1)
+    running = True
+
+    async def publish():
+        i = 0
+        while running:
+            for _ in range(20):
+                ticks.submit("A", i)
+                ticks.submit("B", i)
+                i += 1
+            await asyncio.sleep(0.001)
+
+    task = asyncio.ensure_future(publish())
+    await ws.conn.send(json.dumps({"unsubscribe": ["A"]}))
+    seen_notice = False
+    after = []
+    deadline = asyncio.get_running_loop().time() + 0.5
+    while asyncio.get_running_loop().time() < deadline or not seen_notice:
+        frame = await recv(ws)
+        if frame.get("event") == "tornadose-subscribed":
+            assert frame == subscribed("B")
+            seen_notice = True
+        elif seen_notice:
+            after.append(frame["event"])
+    running = False
+    await task
+    assert after and set(after) == {"B"}
+    await ws.close()
+
+
+async def test_a_new_latest_value_subscription_gets_the_current_value_after_the_notice(serve):
+    quotes = TopicRegistry(DataStore)
+    quotes.submit("AAPL", {"p": 1})
+    quotes.submit("MSFT", {"p": 2})
+    quotes.submit("AAPL", {"p": 3})
+    port = await serve(routes(quotes))
+    ws = await LibWS.connect(port, "/ws?topics=IBM")
+    await wait_until(lambda: quotes.connections == 1)
+    await ws.conn.send(json.dumps({"subscribe": ["AAPL", "MSFT", "NEW"]}))
+    assert await recv(ws) == subscribed("AAPL", "IBM", "MSFT", "NEW")
+    snapshot = [await recv(ws), await recv(ws)]
+    # Oldest value first; ids are the values' own positions in the log.
+    assert [(f["event"], f["data"]) for f in snapshot] == [("MSFT", {"p": 2}), ("AAPL", {"p": 3})]
+    assert [f["id"] for f in snapshot] == [quotes._event_id(n).decode() for n in (2, 3)]
+    await nothing_more(ws)
+    # Subscribing again to a topic it has is no change and resends nothing.
+    await ws.conn.send(json.dumps({"subscribe": ["AAPL"]}))
+    assert await recv(ws) == subscribed("AAPL", "IBM", "MSFT", "NEW")
+    await nothing_more(ws)
+    quotes.submit("NEW", 7)
+    assert (await recv(ws))["data"] == 7
+    await ws.close()
+
+
+@pytest.mark.parametrize(
+    "request_text, reason",
+    [
+        ("hello", "not JSON"),
+        ('["AAPL"]', 'expected {"subscribe": [...]} or {"unsubscribe": [...]}'),
+        ("{}", 'expected {"subscribe": [...]} or {"unsubscribe": [...]}'),
+        ('{"subscribe": ["A"], "extra": 1}', 'expected {"subscribe": [...]}'),
+        ('{"subscribe": "AAPL"}', "'subscribe' takes a list of topic names"),
+        ('{"unsubscribe": [1]}', "'unsubscribe' takes a list of topic names"),
+        ('{"subscribe": ["ok", "bad name"]}', "bad topic name 'bad name'"),
+        ('{"subscribe": ["tornadose-x"]}', "bad topic name 'tornadose-x'"),
+        ('{"subscribe": ["T1", "T2", "T3"]}', "too many topics: at most 3 per subscriber"),
+        ('{"subscribe": ["UNKNOWN"]}', "unknown topic 'UNKNOWN'"),
+    ],
+)
+async def test_bad_requests_get_an_error_and_the_connection_keeps_its_topics(
+    serve, request_text, reason
+):
+    registry = TopicRegistry(QueueStore, max_topics_per_subscriber=3, create_on_subscribe=False)
+    for name in ("A", "ok", "T1", "T2", "T3"):
+        registry.topic(name)
+    port = await serve(routes(registry))
+    ws = await LibWS.connect(port, "/ws?topics=A")
+    await wait_until(lambda: registry.connections == 1)
+    await ws.conn.send(request_text)
+    error = await recv(ws)
+    assert error["event"] == "tornadose-error"
+    assert error["data"]["reason"].startswith(reason), error
+    registry.submit("A", "still here")
+    registry.submit("ok", "not subscribed")
+    assert (await recv(ws))["data"] == "still here"
+    await nothing_more(ws, 0.1)
+    assert registry.connections == 1
+    await ws.conn.send(json.dumps({"subscribe": ["ok"]}))
+    assert await recv(ws) == subscribed("A", "ok")  # and it still works
+    await ws.close()
+
+
+async def test_error_details_name_the_bad_topics_and_the_limit(serve):
+    registry = TopicRegistry(QueueStore, max_topics_per_subscriber=2)
+    port = await serve(routes(registry))
+    ws = await LibWS.connect(port, "/ws")
+    await ws.conn.send(json.dumps({"subscribe": ["ok", "no way", "-x"]}))
+    assert (await recv(ws))["data"]["topics"] == ["no way", "-x"]
+    await ws.conn.send(json.dumps({"subscribe": ["a", "b", "c"]}))
+    assert (await recv(ws))["data"]["limit"] == 2
+    assert len(registry) == 0  # nothing created for refused requests
+    await ws.close()
+
+
+@pytest.mark.allow_log_errors
+async def test_sse_still_needs_topics_in_the_url(serve):
+    registry = TopicRegistry(QueueStore)
+    port = await serve(routes(registry))
+    client = await RawSSEClient.connect("127.0.0.1", port, "/sse")
+    assert client.status == 400
+    assert b"no topic requested" in await client.read_body()
+    client.close_fin()
+
+
+# -- TCP_NODELAY ------------------------------------------------------------------------------
+
+
+def nodelay(sock: socket.socket) -> bool:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def server_socket(handler) -> socket.socket:
+    ws = getattr(handler, "ws_connection", None)
+    stream = ws.stream if ws is not None else handler.request.connection.stream
+    return stream.socket
+
+
+@pytest.mark.parametrize("setting", [None, False])
+async def test_every_subscriber_socket_has_tcp_nodelay(serve, setting):
+    store = QueueStore()
+    registry = TopicRegistry(QueueStore)
+    settings = {} if setting is None else {"tornadose_tcp_nodelay": setting}
+    port = await serve(
+        [
+            (r"/sse", EventSource, {"store": store}),
+            (r"/ws", WebSocketSubscriber, {"store": store}),
+        ]
+        + routes(registry, "/topics"),
+        **settings,
+    )
+    sse = await RawSSEClient.connect("127.0.0.1", port, "/sse")
+    ws = await LibWS.connect(port, "/ws")
+    tsse = await RawSSEClient.connect("127.0.0.1", port, "/topics/sse?topics=A")
+    tws = await LibWS.connect(port, "/topics/ws?topics=A")
+    await wait_until(lambda: len(store.subscribers) == 2 and registry.connections == 2)
+    await asyncio.sleep(0.1)  # anything Tornado does after the upgrade has happened
+    handlers = list(store.subscribers) + list(registry.topic("A").subscribers)
+    assert len(handlers) == 4
+    expected = setting is None
+    assert [nodelay(server_socket(h)) for h in handlers] == [expected] * 4
+    sse.close_fin()
+    tsse.close_fin()
+    await ws.close()
+    await tws.close()
