@@ -11,6 +11,17 @@ payloads it receives (``<seq> @<submit CLOCK_MONOTONIC ns>@``): latency of each
 message (arrival minus the timestamp the server put in it), and a check that
 the sequence numbers arrive in order without gaps or duplicates.
 
+``--topics T --topics-per-conn K`` (topics mode) gives connection ``i`` its own URL,
+``/sse?topics=...`` (or ``/ws?topics=...``): the K topics ``(i + (T // K) * k) % T``
+for k in 0..K-1, named ``S000``..``S<T-1>`` (:func:`topic_indices`, the same formula
+as the bench; K must divide T). Tick ``seq`` belongs to topic ``seq % T``, so a
+connection sees an increasing subsequence of the ticks: a sampled connection then
+checks, per topic, that it gets exactly its topics' ticks ``t, t + T, t + 2T, ...``
+in order (a tick of another topic, a gap, a duplicate or a tick out of order within
+its topic counts as disorder; so do ticks still missing at the end, ``--expect / K``
+per topic) and counts as ``sampled_reordered`` the frames that arrived after a later
+tick of another topic (allowed: order is kept within a topic, not across topics).
+
 ``--stalled S`` opens S more connections, with a tiny SO_RCVBUF, that send
 their request and never read.  ``--hold`` keeps going after every connection
 has ``--expect`` frames (for idle-memory runs).  Stops when every connection
@@ -46,6 +57,21 @@ class ProtocolError(Exception):
     """The server answered something this client does not understand."""
 
 
+def topic_indices(i, topics, per_conn):
+    """Connection ``i``'s topics: ``(i + (topics // per_conn) * k) % topics``, k < per_conn.
+
+    Distinct, spread evenly: with N a multiple of ``topics // per_conn`` every topic has
+    ``N * per_conn / topics`` subscribers. bench/loadclient.c computes the same."""
+    stride = topics // per_conn
+    return [(i + stride * k) % topics for k in range(per_conn)]
+
+
+def topics_path(transport, i, topics, per_conn):
+    """Connection ``i``'s subscriber path in topics mode: ``/sse?topics=S000,S010,...``."""
+    names = ",".join("S%03d" % t for t in topic_indices(i, topics, per_conn))
+    return f"/{transport}?topics={names}"
+
+
 class Subscriber:
     """One connection: parses the response head, then counts body frames.
 
@@ -62,6 +88,10 @@ class Subscriber:
         self.stamp_tail = b""
         self.next_seq = None
         self.disorder = 0
+        # topics mode, sampled: per topic the next tick expected (-1: not subscribed)
+        self.topic_next = None
+        self.max_seq = -1
+        self.reordered = 0
 
     def feed(self, data: bytes) -> None:
         """Consume received bytes, updating ``self.frames``."""
@@ -235,11 +265,25 @@ def take_stamps(sub, data, now):
     buf = sub.stamp_tail + data
     last = 0
     stamps = sub.stamps
+    topic_next = sub.topic_next
     for match in STAMP.finditer(buf):
         seq, t = int(match[1]), int(match[2])
-        if sub.next_seq is not None and seq != sub.next_seq:
-            sub.disorder += 1
-        sub.next_seq = seq + 1
+        if topic_next is not None:
+            # Topics: exactly this connection's ticks, in order within each topic.
+            topic = seq % len(topic_next)
+            expected = topic_next[topic]
+            if seq != expected:
+                sub.disorder += 1
+            if expected >= 0:
+                topic_next[topic] = seq + len(topic_next)
+            if seq < sub.max_seq:
+                sub.reordered += 1
+            else:
+                sub.max_seq = seq
+        else:
+            if sub.next_seq is not None and seq != sub.next_seq:
+                sub.disorder += 1
+            sub.next_seq = seq + 1
         stamps.extend((seq, t, now - t))
         last = match.end()
     sub.stamp_tail = buf[max(last, len(buf) - 48):]
@@ -288,9 +332,25 @@ def latency_summary(stamp_arrays):
     }
 
 
+def missing_ticks(sub, expect, per_conn):
+    """Ticks of a sampled topics connection still missing at the end: each of its
+    topics should have reached ``expect / per_conn`` ticks in order."""
+    topic_next = sub.topic_next
+    if topic_next is None or not per_conn:
+        return 0
+    share = expect // per_conn
+    count = len(topic_next)
+    return sum(max(0, share - (nxt - t) // count)
+               for t, nxt in enumerate(topic_next) if nxt >= 0)
+
+
 def run(host, port, transport, n, expect, timeout, sample_every=0, stalled=0,
-        stalled_rcvbuf=1024, hold=False):
-    """Connect ``n`` subscribers (and ``stalled`` never-reading ones); return the report."""
+        stalled_rcvbuf=1024, hold=False, topics=0, topics_per_conn=0):
+    """Connect ``n`` subscribers (and ``stalled`` never-reading ones); return the report.
+
+    With ``topics``, connection i subscribes to the topics :func:`topic_indices` gives."""
+    if topics and not (0 < topics_per_conn <= topics and topics % topics_per_conn == 0):
+        raise SystemExit("--topics-per-conn must divide --topics")
     stop = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.append(True))
@@ -304,7 +364,8 @@ def run(host, port, transport, n, expect, timeout, sample_every=0, stalled=0,
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, stalled_rcvbuf)
             sock.connect((host, port))
-        sub = PROTOCOLS[transport](sock, f"/{transport}", f"{host}:{port}")
+        path = topics_path(transport, i, topics, topics_per_conn) if topics else f"/{transport}"
+        sub = PROTOCOLS[transport](sock, path, f"{host}:{port}")
         sock.sendall(sub.request)
         if i >= n:
             parked.append(sub)
@@ -312,6 +373,10 @@ def run(host, port, transport, n, expect, timeout, sample_every=0, stalled=0,
         sock.setblocking(False)
         if sample_every and i % sample_every == 0:
             sub.stamps = array("q")
+            if topics:
+                sub.topic_next = [-1] * topics
+                for t in topic_indices(i, topics, topics_per_conn):
+                    sub.topic_next[t] = t
         by_fd[sock.fileno()] = sub
         epoll.register(sock.fileno(), select.EPOLLIN)
         subs.append(sub)
@@ -363,7 +428,9 @@ def run(host, port, transport, n, expect, timeout, sample_every=0, stalled=0,
         "t_first": t_first / 1e9 if t_first else None,
         "t_last": t_last / 1e9 if t_last else None,
         "sampled_connections": len(sampled),
-        "sampled_disorder": sum(sub.disorder for sub in sampled),
+        "sampled_disorder": sum(sub.disorder + missing_ticks(sub, expect, topics_per_conn)
+                                for sub in sampled),
+        "sampled_reordered": sum(sub.reordered for sub in sampled),
         "sampled_seen": sum(len(sub.stamps) // 3 for sub in sampled),
         "latency": latency_summary([sub.stamps for sub in sampled]),
         "client": "python",
@@ -383,11 +450,16 @@ def main():
     parser.add_argument("--stalled", type=int, default=0, help="extra connections that never read")
     parser.add_argument("--stalled-rcvbuf", type=int, default=1024)
     parser.add_argument("--hold", action="store_true", help="run until SIGTERM or --timeout")
+    parser.add_argument("--topics", type=int, default=0,
+                        help="topics mode: T topics S000..; tick seq is topic seq %% T")
+    parser.add_argument("--topics-per-conn", type=int, default=0,
+                        help="topics mode: K topics per connection (K divides T)")
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     report = run(args.host, args.port, args.transport, args.connections, args.expect,
-                 args.timeout, args.sample_every, args.stalled, args.stalled_rcvbuf, args.hold)
+                 args.timeout, args.sample_every, args.stalled, args.stalled_rcvbuf, args.hold,
+                 args.topics, args.topics_per_conn)
     print(json.dumps(report), flush=True)
 
 

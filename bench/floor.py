@@ -1,6 +1,7 @@
 """The floor: pre-built frames written with plain non-blocking ``send()``, no framework.
 
     python -m bench.floor --port 8888 --transport sse --mode coalesced
+    python -m bench.floor --port 8888 --transport sse --mode topics --topics 500 --nodelay
 
 A single-threaded ``selectors`` (epoll) server that answers the SSE request or the
 WebSocket handshake exactly as a subscriber expects, then, on the same control
@@ -12,7 +13,16 @@ every subscriber socket:
 
 * ``--mode coalesced``: the frames of all messages submitted in one loop iteration
   are joined once and written with **one** ``send()`` per subscriber;
-* ``--mode per-message``: one ``send()`` per message per subscriber.
+* ``--mode per-message``: one ``send()`` per message per subscriber;
+* ``--mode topics`` (``floor-topics``, with ``--topics T``): a market feed. A
+  subscriber names its topics in its URL (``/sse?topics=S000,S010,...``, names
+  ``S000``..``S<T-1>``); message ``seq`` goes to topic ``seq % T``. Each message's frame
+  is built once, labelled with its topic as tornadose's topic frames are (SSE
+  ``event: S042``, WebSocket ``"event":"S042"``), and appended to the pending list of
+  each connection subscribed to that topic, found through a topic -> connections
+  index (so the cost follows deliveries, not connections x topics). At the end of the
+  loop iteration each connection that got something has its frames joined, in submit
+  order, and written with **one** ``send()``.
 
 A send that does not take everything is the only bookkeeping: the rest waits in a
 per-connection buffer for EPOLLOUT. Nothing else (no parsing of messages, no
@@ -48,8 +58,27 @@ def sse_event(seq, text):
     return b"id: floor-%d\ndata: %s\n\n" % (seq, text.encode())
 
 
+def sse_topic_event(seq, topic, text):
+    """The SSE event of a topic frame: ``id:``, ``event: <topic>``, ``data:``."""
+    return b"id: floor-%d\nevent: %s\ndata: %s\n\n" % (seq, topic, text.encode())
+
+
 def ws_frame(seq, text):
-    body = b'{"id":"floor-%d","data":"%s"}' % (seq, text.encode())
+    return ws_text_frame(b'{"id":"floor-%d","data":"%s"}' % (seq, text.encode()))
+
+
+def ws_topic_frame(seq, topic, text):
+    """The WebSocket frame of a topic message: ``{"id":..,"event":"<topic>","data":..}``."""
+    return ws_text_frame(b'{"id":"floor-%d","event":"%s","data":"%s"}'
+                         % (seq, topic, text.encode()))
+
+
+def topic_name(index):
+    """Topic ``index``'s name, as :mod:`bench.server` and the load client spell it."""
+    return "S%03d" % index
+
+
+def ws_text_frame(body):
     n = len(body)
     if n < 126:
         return bytes((0x81, n)) + body
@@ -63,7 +92,7 @@ def chunk(data):
 
 
 class Conn:
-    __slots__ = ("sock", "send", "head", "out", "subscriber")
+    __slots__ = ("sock", "send", "head", "out", "subscriber", "topics", "pending")
 
     def __init__(self, sock):
         self.sock = sock
@@ -71,6 +100,8 @@ class Conn:
         self.head = b""
         self.out = None  # bytes not yet taken by the kernel
         self.subscriber = False
+        self.topics = ()  # topic indices (--mode topics)
+        self.pending = []  # this iteration's frames (--mode topics)
 
 
 class Job:
@@ -127,11 +158,18 @@ class Job:
 
 
 class FloorServer:
-    def __init__(self, port, transport, mode, nodelay=False):
+    def __init__(self, port, transport, mode, nodelay=False, topics=0):
         self.nodelay = nodelay
         self.transport = transport
         self.coalesced = mode == "coalesced"
         self.mode = mode
+        if mode == "topics" and topics < 1:
+            raise SystemExit("--mode topics needs --topics T (T >= 1)")
+        self.topics = topics if mode == "topics" else 0
+        # topic name -> index, and the index: topic index -> subscribed connections
+        self.topic_index = {topic_name(t): t for t in range(self.topics)}
+        self.by_topic = [[] for _ in range(self.topics)]
+        self.topic_labels = [topic_name(t).encode() for t in range(self.topics)]
         self.sel = selectors.DefaultSelector()
         self.listener = socket.create_server(("127.0.0.1", port), backlog=4096)
         self.listener.setblocking(False)
@@ -161,7 +199,9 @@ class FloorServer:
     def close(self, conn):
         fd = conn.sock.fileno()
         self.conns.pop(fd, None)
-        self.subs.pop(fd, None)
+        if self.subs.pop(fd, None) is not None:
+            for t in conn.topics:
+                self.by_topic[t].remove(conn)
         try:
             self.sel.unregister(conn.sock)
         except (KeyError, ValueError):
@@ -196,6 +236,15 @@ class FloorServer:
         args = {k: v[-1] for k, v in parse_qs(url.query).items()}
         path = url.path
         if path == f"/{self.transport}":
+            if self.topics:
+                names = [name for name in args.get("topics", "").split(",") if name]
+                topics = [self.topic_index.get(name) for name in dict.fromkeys(names)]
+                if not topics or None in topics:
+                    self.reply(conn, f"bad topics: {args.get('topics')!r}", 400)
+                    return
+                conn.topics = topics
+                for t in topics:
+                    self.by_topic[t].append(conn)
             if self.transport == "sse":
                 response = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                             b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -212,10 +261,14 @@ class FloorServer:
             self.reply(conn, str(len(self.subs)))
         elif path == "/info":
             self.reply(conn, json.dumps({"server": "floor", "mode": self.mode, "pid": os.getpid(),
-                                         "python": sys.executable}))
+                                         "python": sys.executable, "topics": self.topics,
+                                         "nodelay": self.nodelay}))
         elif path == "/stats":
+            # writes: send() calls made (coalesced, per-message: those attempted)
             self.reply(conn, json.dumps({"subscribers": len(self.subs), "sends": self.sends,
-                                         "delivered": self.deliveries}))
+                                         "writes": self.sends, "delivered": self.deliveries,
+                                         "connections": len(self.subs),
+                                         "topics": self.topics}))
         elif path in ("/burst", "/paced") and self.job is None:
             self.job = Job(path[1:], args, conn)
         else:
@@ -252,7 +305,54 @@ class FloorServer:
         else:
             conn.out += data
 
+    def fanout_topics(self, batch):
+        """--mode topics: each frame once, to the connections of its topic; then one
+        send() per connection that got something, its frames joined in submit order."""
+        topics = self.topics
+        labels = self.topic_labels
+        by_topic = self.by_topic
+        build = sse_topic_event if self.transport == "sse" else ws_topic_frame
+        touched = []
+        deliveries = 0
+        for seq, text in batch:
+            t = seq % topics
+            frame = build(seq, labels[t], text)
+            conns = by_topic[t]
+            deliveries += len(conns)
+            for conn in conns:
+                pending = conn.pending
+                if not pending:
+                    touched.append(conn)
+                pending.append(frame)
+        sse = self.transport == "sse"
+        dead = []
+        # The hot loop: one plain non-blocking send() per connection that got frames.
+        for conn in touched:
+            data = b"".join(conn.pending)
+            conn.pending.clear()
+            if sse:
+                data = b"%x\r\n%s\r\n" % (len(data), data)
+            if conn.out is None:
+                try:
+                    sent = conn.send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    dead.append(conn)
+                    continue
+                if sent == len(data):
+                    continue
+                data = data[sent:]
+            self.backlog(conn, data)
+        self.sends += len(touched)
+        self.deliveries += deliveries
+        for conn in dead:
+            self.close(conn)
+
     def fanout(self, batch):
+        if self.topics:
+            self.fanout_topics(batch)
+            return
         if self.transport == "sse":
             events = [sse_event(seq, text) for seq, text in batch]
             frames = [chunk(b"".join(events))] if self.coalesced else [chunk(e) for e in events]
@@ -313,12 +413,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--transport", choices=["sse", "ws"], required=True)
-    parser.add_argument("--mode", choices=["coalesced", "per-message"], default="coalesced")
+    parser.add_argument("--mode", choices=["coalesced", "per-message", "topics"],
+                        default="coalesced")
+    parser.add_argument("--topics", type=int, default=0,
+                        help="--mode topics: number of topics T (S000..S<T-1>)")
     parser.add_argument("--nodelay", action="store_true", help="set TCP_NODELAY (Nagle off)")
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    FloorServer(args.port, args.transport, args.mode, args.nodelay).run()
+    FloorServer(args.port, args.transport, args.mode, args.nodelay, args.topics).run()
 
 
 if __name__ == "__main__":

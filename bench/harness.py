@@ -31,8 +31,11 @@ CONTENDERS = {
     "floor": "raw floor: pre-built frames, one send() per subscriber per loop iteration",
     "floor-msg": "raw floor: pre-built frames, one send() per message per subscriber",
     "websockets": "websockets library, broadcast() per message (WebSocket only)",
-    "floor+nodelay": "the floor with TCP_NODELAY on its sockets (latency diagnostic)",
-    "cython+nodelay": "cython with TCP_NODELAY set by the bench server (latency diagnostic)",
+    "floor-topics": "raw floor for topics: each tick's frame built once, a connection's "
+                    "frames joined, one send() per connection per loop iteration; TCP_NODELAY",
+    "floor+nodelay": "the floor with TCP_NODELAY on its sockets (the latency target's floor)",
+    "cython+nodelay": "cython with TCP_NODELAY set by the bench server (a diagnostic; "
+                      "opt-in: TCP_NODELAY is the core's own default after its rewrite)",
 }
 
 
@@ -89,6 +92,15 @@ def _contender_command(name, transport):
 
         def check(info):
             pass
+
+    elif name == "floor-topics":
+        # TCP_NODELAY on, as on tornadose's subscriber sockets (DESIGN: coalescing is
+        # ours, not the kernel's); the topics come with --topics T (scenarios.topics).
+        argv = [py, "-m", "bench.floor", "--mode", "topics", "--nodelay"]
+
+        def check(info):
+            if not info.get("topics"):
+                raise BenchError("floor-topics: the floor is not in topics mode")
 
     elif name == "websockets":
         if transport != "ws":
@@ -179,12 +191,14 @@ class Client:
     else :mod:`bench.client` (the same report)."""
 
     def __init__(self, port, transport, n, expect, timeout, sample_every=0, stalled=0,
-                 hold=False):
+                 hold=False, topics=0, topics_per_conn=0):
         args = ["--port", str(port), "--transport", transport, "-n", str(n),
                 "--expect", str(expect), "--timeout", str(timeout),
                 "--sample-every", str(sample_every), "--stalled", str(stalled)]
         if hold:
             args.append("--hold")
+        if topics:
+            args += ["--topics", str(topics), "--topics-per-conn", str(topics_per_conn)]
         exe = loadclient.c_client()
         self.stamps = None
         if exe:

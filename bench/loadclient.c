@@ -6,11 +6,18 @@
  *
  *   loadclient --port P --transport sse|ws -n N --expect M [--timeout S]
  *              [--sample-every K] [--stalled S] [--stalled-rcvbuf B] [--hold]
- *              [--stamps FILE]
+ *              [--stamps FILE] [--topics T --topics-per-conn K]
  *
  * SSE: counts "\ndata:" in the de-chunked body (the body starts a line). WebSocket:
  * counts final data frames walking the frame headers. Sampled connections also scan
  * the raw bytes for "<8 digits> @<digits>@" payload stamps, checking the order.
+ *
+ * Topics mode (--topics T --topics-per-conn K): connection i requests
+ * "/sse?topics=S000,S010,..." (or /ws), the K topics (i + (T / K) * k) % T, as
+ * bench/client.py's topic_indices(); tick seq belongs to topic seq % T. A sampled
+ * connection checks per topic that its ticks are exactly t, t + T, t + 2T, ... in
+ * order (anything else, and ticks still missing at the end, is disorder) and counts
+ * frames that arrive after a later tick of another topic ("sampled_reordered").
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -53,7 +60,17 @@ typedef struct {
     int tail_len;
     long long next_seq;
     long long disorder, seen;
+    /* topics mode, sampled: per topic the next tick expected (-1: not subscribed) */
+    long long *topic_next;
+    long long max_seq, reordered;
 } Sub;
+
+static int n_topics = 0, topics_per_conn = 0;
+
+/* connection i's k-th topic: (i + (T / K) * k) % T, as bench/client.py topic_indices() */
+static int topic_index(int i, int k) {
+    return (int)(((long long)i + (long long)(n_topics / topics_per_conn) * k) % n_topics);
+}
 
 static volatile sig_atomic_t stop_flag = 0;
 static void on_signal(int sig) { (void)sig; stop_flag = 1; }
@@ -218,8 +235,18 @@ static void take_stamps(Sub *s, const unsigned char *data, size_t n, int64_t now
         if (k >= len || scratch[k] != '@' || k == at + 1) continue;
         int64_t seq = 0;
         for (size_t d = at - 9; d < at - 1; d++) seq = seq * 10 + (scratch[d] - '0');
-        if (s->next_seq >= 0 && seq != s->next_seq) s->disorder++;
-        s->next_seq = seq + 1;
+        if (s->topic_next) {
+            /* topics: exactly this connection's ticks, in order within each topic */
+            int topic = (int)(seq % n_topics);
+            long long expected = s->topic_next[topic];
+            if (seq != expected) s->disorder++;
+            if (expected >= 0) s->topic_next[topic] = seq + n_topics;
+            if (seq < s->max_seq) s->reordered++;
+            else s->max_seq = seq;
+        } else {
+            if (s->next_seq >= 0 && seq != s->next_seq) s->disorder++;
+            s->next_seq = seq + 1;
+        }
         s->seen++;
         push_stamp(seq, t, now - t);
         last = k + 1;
@@ -279,7 +306,14 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--stalled-rcvbuf")) { rcvbuf = atoi(v); i++; }
         else if (!strcmp(a, "--stamps")) { stamps_path = v; i++; }
         else if (!strcmp(a, "--hold")) { hold = 1; }
+        else if (!strcmp(a, "--topics")) { n_topics = atoi(v); i++; }
+        else if (!strcmp(a, "--topics-per-conn")) { topics_per_conn = atoi(v); i++; }
         else { fprintf(stderr, "loadclient: unknown argument %s\n", a); return 2; }
+    }
+    if (n_topics && (topics_per_conn <= 0 || topics_per_conn > n_topics
+                     || n_topics % topics_per_conn)) {
+        fprintf(stderr, "loadclient: --topics-per-conn must divide --topics\n");
+        return 2;
     }
     struct rlimit rl;
     getrlimit(RLIMIT_NOFILE, &rl);
@@ -290,7 +324,8 @@ int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     int64_t deadline = now_ns() + (int64_t)(timeout * 1e9);
     int is_sse = strcmp(transport, "sse") == 0;
-    char request[512];
+    static char request[8192];
+    char path[6144];
     int ep = epoll_create1(0);
     int total = n + stalled;
     Sub *subs = calloc(total > 0 ? total : 1, sizeof(Sub));
@@ -303,15 +338,22 @@ int main(int argc, char **argv) {
         if (fd < 0) { perror("socket"); return 2; }
         if (i >= n) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
         if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) { perror("connect"); return 2; }
-        int len;
+        int len = snprintf(path, sizeof path, "/%s", is_sse ? "sse" : "ws");
+        if (n_topics) {
+            len += snprintf(path + len, sizeof path - len, "?topics=");
+            for (int k = 0; k < topics_per_conn && len < (int)sizeof path - 16; k++)
+                len += snprintf(path + len, sizeof path - len, "%sS%03d", k ? "," : "",
+                                topic_index(i, k));
+        }
         if (is_sse)
             len = snprintf(request, sizeof request,
-                           "GET /sse HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n\r\n", host, port);
+                           "GET %s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n\r\n",
+                           path, host, port);
         else
             len = snprintf(request, sizeof request,
-                           "GET /ws HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                           "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                           host, port);
+                           path, host, port);
         if (send(fd, request, len, 0) != len) { perror("send"); return 2; }
         Sub *s = &subs[i];
         s->fd = fd;
@@ -319,6 +361,16 @@ int main(int argc, char **argv) {
         if (i >= n) continue;
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
         s->sampled = sample_every && i % sample_every == 0;
+        s->max_seq = -1;
+        if (s->sampled && n_topics) {
+            s->topic_next = malloc(n_topics * sizeof(long long));
+            if (!s->topic_next) { perror("malloc"); return 2; }
+            for (int t = 0; t < n_topics; t++) s->topic_next[t] = -1;
+            for (int k = 0; k < topics_per_conn; k++) {
+                int t = topic_index(i, k);
+                s->topic_next[t] = t;
+            }
+        }
         struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
         epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
     }
@@ -366,14 +418,25 @@ int main(int argc, char **argv) {
         }
     }
     double cpu = cpu_s();
-    long long sum = 0, mn = -1, mx = 0, disorder = 0, seen = 0;
+    long long sum = 0, mn = -1, mx = 0, disorder = 0, seen = 0, reordered = 0;
     int sampled = 0;
     for (int i = 0; i < n; i++) {
         Sub *s = &subs[i];
         sum += s->frames;
         if (mn < 0 || s->frames < mn) mn = s->frames;
         if (s->frames > mx) mx = s->frames;
-        if (s->sampled) { sampled++; disorder += s->disorder; seen += s->seen; }
+        if (s->sampled) {
+            sampled++; disorder += s->disorder; seen += s->seen; reordered += s->reordered;
+            if (s->topic_next) {
+                /* ticks still missing: each topic should have reached expect / K, in order */
+                long long share = expect / topics_per_conn;
+                for (int t = 0; t < n_topics; t++) {
+                    if (s->topic_next[t] < 0) continue;
+                    long long got = (s->topic_next[t] - t) / n_topics;
+                    if (got < share) disorder += share - got;
+                }
+            }
+        }
     }
     if (mn < 0) mn = 0;
     if (stamps_path) {
@@ -389,7 +452,8 @@ int main(int argc, char **argv) {
     if (t_first) printf("\"t_first\": %.9f, \"t_last\": %.9f, ", t_first / 1e9, t_last / 1e9);
     else printf("\"t_first\": null, \"t_last\": null, ");
     printf("\"sampled_connections\": %d, \"sampled_disorder\": %lld, \"sampled_seen\": %lld, "
-           "\"latency\": null, \"client\": \"c\"}\n", sampled, disorder, seen);
+           "\"sampled_reordered\": %lld, \"latency\": null, \"client\": \"c\"}\n",
+           sampled, disorder, seen, reordered);
     fflush(stdout);
     return 0;
 }

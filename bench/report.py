@@ -2,14 +2,23 @@
 
 import os
 
-FLOOR = {"burst": "floor", "per-message": "floor-msg", "sweep": "floor", "latency": "floor"}
+FLOOR = {"burst": "floor", "per-message": "floor-msg", "sweep": "floor", "latency": "floor",
+         "topics": "floor-topics"}
 TITLES = {"burst": "burst", "per-message": "per-message", "sweep": "sweep (burst SSE)"}
 
 
-def _records(doc, scenario, transport=None, n=None):
+def _records(doc, scenario, transport=None, n=None, per_iter=None):
     return [r for r in doc["records"] if r["scenario"] == scenario
             and (transport is None or r["transport"] == transport)
-            and (n is None or r["params"].get("n") == n)]
+            and (n is None or r["params"].get("n") == n)
+            and (per_iter is None or r["params"].get("per_iter") == per_iter)]
+
+
+def _topic_groups(doc):
+    """(transport, per_iter) of the topics records, in table order."""
+    recs = _records(doc, "topics")
+    return [(t, k) for k in dict.fromkeys(r["params"]["per_iter"] for r in recs)
+            for t in ("sse", "ws") if _records(doc, "topics", t, per_iter=k)]
 
 
 def _by(records):
@@ -47,6 +56,13 @@ def add_ratios(doc):
                     r["x_floor"] = us / floor["us_per_delivery"]
                 if ref and _num(ref.get("us_per_delivery")):
                     r["ref_over"] = ref["us_per_delivery"] / us
+    for transport, per_iter in _topic_groups(doc):
+        by = _by(_records(doc, "topics", transport, per_iter=per_iter))
+        floor = by.get(FLOOR["topics"])
+        for r in by.values():
+            us = _num(r.get("us_per_delivery"))
+            if us is not None and floor and _num(floor.get("us_per_delivery")):
+                r["x_floor"] = us / floor["us_per_delivery"]
     lat = _by(_records(doc, "latency"))
     for r in lat.values():
         p99 = (r.get("latency") or {}).get("p99_ms")
@@ -93,11 +109,30 @@ def targets(doc):
                 ratio = cy["us_per_delivery"] / wsb["us_per_delivery"]
                 add(f"per-message {transport}: cython better than websockets broadcast()",
                     round(ratio, 3), 1.0, ratio < 1.0, "cython µs / websockets µs")
+    for transport, per_iter in _topic_groups(doc):
+        cy = _by(_records(doc, "topics", transport, per_iter=per_iter)).get("cython")
+        if not cy:
+            continue
+        complete = cy.get("complete")
+        detail = "" if complete else "cython run incomplete"
+        xf = cy.get("x_floor")
+        if xf is not None:
+            add(f"topics {transport} {per_iter}/turn: cython <= 1.2x floor-topics",
+                round(xf, 3), 1.2, xf <= 1.2 and complete, detail)
+        wpd = cy.get("writes_per_delivery")
+        if per_iter >= 100 and wpd is not None:
+            add(f"topics {transport} {per_iter}/turn: cython writes per delivery <= 0.2",
+                round(wpd, 3), 0.2, wpd <= 0.2 and complete, detail)
     lat = _by(_records(doc, "latency"))
     cy = lat.get("cython")
     if cy and cy.get("x_floor_p99") is not None:
         add("latency: cython p99 <= 1.5x floor p99", round(cy["x_floor_p99"], 3), 1.5,
             cy["x_floor_p99"] <= 1.5 and cy.get("complete"))
+    if cy and cy.get("x_floor_nodelay_p99") is not None:
+        add("latency: cython p99 <= 1.2x floor+nodelay p99", round(cy["x_floor_nodelay_p99"], 3),
+            1.2, cy["x_floor_nodelay_p99"] <= 1.2 and cy.get("complete"),
+            f"{cy['latency']['p99_ms']:.1f} vs "
+            f"{lat['floor+nodelay']['latency']['p99_ms']:.1f} ms")
     if cy and cy.get("latency"):
         add("latency: cython no backlog building", cy["backlog"], False,
             cy["backlog"] is False and cy.get("complete"),
@@ -156,6 +191,23 @@ def table(doc):
                 lines.append(_row(r))
                 notes += [f"{scenario} {transport} {r['contender']}: {n}"
                           for n in r.get("notes", [])]
+    for transport, per_iter in _topic_groups(doc):
+        recs = _records(doc, "topics", transport, per_iter=per_iter)
+        p = recs[0]["params"]
+        lines.append("")
+        lines.append(f"topics {transport.upper()}: N={p['n']} connections x {p['per_conn']} of "
+                     f"{p['topics']} topics, M={p['m']} ticks of 90 B (tick j to topic j % "
+                     f"{p['topics']}), {per_iter} per loop iteration; ratios to floor-topics")
+        lines.append(f"  {'contender':<16}{'µs/deliv':>10}{'x floor':>9}{'writes/deliv':>14}"
+                     f"{'deliv/s':>10}{'delivered':>20}{'client CPU':>11}")
+        for r in recs:
+            lines.append(
+                f"  {r['contender']:<16}{_fmt(r.get('us_per_delivery'), '.3f'):>10}"
+                f"{_fmt(r.get('x_floor'), '.2f'):>9}{_fmt(r.get('writes_per_delivery'), '.3f'):>14}"
+                f"{_si(r.get('deliveries_per_s')):>10}{_delivered(r):>20}"
+                f"{_pct(r.get('client_busy')):>11}")
+            notes += [f"topics {transport} {per_iter}/turn {r['contender']}: {n}"
+                      for n in r.get("notes", [])]
     recs = _records(doc, "latency")
     if recs:
         p = recs[0]["params"]
@@ -275,7 +327,8 @@ def plots(doc, directory):
     paths = []
     colors = {"cython": "#1f77b4", "python": "#17becf", "reference": "#d62728",
               "floor": "#2ca02c", "floor-msg": "#98df8a", "websockets": "#9467bd",
-              "floor+nodelay": "#bcbd22", "cython+nodelay": "#aec7e8"}
+              "floor+nodelay": "#bcbd22", "cython+nodelay": "#aec7e8",
+              "floor-topics": "#2ca02c"}
     panels = [(s, t) for s in ("burst", "per-message") for t in ("sse", "ws")
               if _records(doc, s, t)]
     if panels:
@@ -297,6 +350,34 @@ def plots(doc, directory):
                      fontsize=10)
         fig.tight_layout()
         path = os.path.join(directory, "scenarios.png")
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        paths.append(path)
+    groups = _topic_groups(doc)
+    if groups:
+        fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3.8), squeeze=False)
+        for ax, (transport, per_iter) in zip(axes[0], groups):
+            recs = [r for r in _records(doc, "topics", transport, per_iter=per_iter)
+                    if _num(r.get("us_per_delivery"))]
+            names = [r["contender"] for r in recs]
+            values = [r["us_per_delivery"] for r in recs]
+            bars = ax.bar(range(len(recs)), values, color=[colors.get(c, "grey") for c in names])
+            for bar, r in zip(bars, recs):
+                wpd = r.get("writes_per_delivery")
+                label = f"{r['us_per_delivery']:.3g}" + (f"\n{wpd:.2f} w/d" if _num(wpd) else "")
+                ax.annotate(label, (bar.get_x() + bar.get_width() / 2, r["us_per_delivery"]),
+                            ha="center", va="bottom", fontsize=7)
+            ax.set_xticks(range(len(recs)), names, rotation=45, ha="right", fontsize=8)
+            ax.set_title(f"topics {transport.upper()}, {per_iter}/turn", fontsize=10)
+            ax.tick_params(axis="y", labelsize=8)
+            ax.margins(y=0.25)
+        axes[0][0].set_ylabel("server CPU µs per delivery")
+        p = _records(doc, "topics")[0]["params"]
+        fig.suptitle(f"tornadose bench {doc['date'][:10]}: topics, N={p['n']} connections x "
+                     f"{p['per_conn']} of {p['topics']} topics, {p['m']} ticks "
+                     "(w/d: writes per delivery)", fontsize=9)
+        fig.tight_layout()
+        path = os.path.join(directory, "topics.png")
         fig.savefig(path, dpi=80)
         plt.close(fig)
         paths.append(path)

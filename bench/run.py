@@ -21,20 +21,28 @@ from dataclasses import dataclass, field
 from bench import report, scenarios
 from bench.harness import RESULTS, BenchError, cpus
 
-SCENARIOS = ["burst-sse", "burst-ws", "per-message-sse", "per-message-ws", "latency", "idle",
-             "stalled", "sweep"]
+SCENARIOS = ["burst-sse", "burst-ws", "per-message-sse", "per-message-ws", "topics-sse",
+             "topics-ws", "latency", "idle", "stalled", "sweep"]
 
 #: contenders per scenario, in table order
 CONTENDERS = {
     "burst": ["cython", "python", "reference", "floor", "floor-msg", "websockets"],
     "per-message": ["cython", "python", "reference", "floor-msg", "websockets"],
-    "latency": ["cython", "python", "reference", "floor", "floor+nodelay", "cython+nodelay"],
+    # the reference (tornadose 0.4.1) has no topics
+    "topics": ["cython", "python", "floor-topics"],
+    "latency": ["cython", "python", "reference", "floor", "floor+nodelay"],
     "idle": ["cython", "python", "reference", "floor"],
     "stalled": ["cython", "python", "reference"],
     "sweep": ["cython", "python", "reference", "floor"],
 }
+#: contenders run only when named in --contenders (diagnostics)
+OPTIONAL = {
+    # TCP_NODELAY set by the bench server: the core's own default after its rewrite
+    "topics": ["cython+nodelay"],
+    "latency": ["cython+nodelay"],
+}
 #: contenders fast enough to be run several times (median kept)
-FAST = {"cython", "python", "floor", "floor-msg"}
+FAST = {"cython", "python", "floor", "floor-msg", "floor-topics", "cython+nodelay"}
 SLOW = {"reference"}
 
 PRESETS = {
@@ -45,6 +53,8 @@ PRESETS = {
         "stalled": {"stalled": 100, "m": 1_000_000, "checkpoints": 10, "cap": 300.0,
                     "slow_cap": 60.0, "slow_chunk": 5000, "rate": 200_000},
         "sweep": {"ns": [100, 300, 1000, 3000, 10000], "cap": 45.0, "slow_ns": None},
+        "topics": {"n": 1000, "m": 20000, "topics": 500, "per_conn": 50,
+                   "per_iters": [100, 10], "cap": 150.0},
     },
     "quick": {
         "n": 1000, "m": 1000, "repeat": 1, "cap": 30.0, "settle": 0.3,
@@ -54,6 +64,8 @@ PRESETS = {
         "stalled": {"stalled": 100, "m": 100_000, "checkpoints": 4, "cap": 60.0,
                     "slow_cap": 3.0, "slow_chunk": 500, "rate": 200_000},
         "sweep": {"ns": [100, 1000, 3000], "cap": 4.0, "slow_ns": [100]},
+        "topics": {"n": 300, "m": 20000, "topics": 500, "per_conn": 50,
+                   "per_iters": [100, 10], "cap": 30.0},
     },
     "tiny": {
         "n": 10, "m": 20, "repeat": 1, "cap": 20.0, "slow_n": {}, "settle": 0.1,
@@ -62,6 +74,8 @@ PRESETS = {
         "stalled": {"stalled": 3, "m": 2000, "checkpoints": 2, "cap": 20.0,
                     "slow_cap": 20.0, "slow_chunk": 1000, "rate": 200_000},
         "sweep": {"ns": [5, 10], "cap": 20.0, "slow_ns": None},
+        "topics": {"n": 10, "m": 1000, "topics": 500, "per_conn": 50,
+                   "per_iters": [100, 10], "cap": 20.0},
     },
 }
 
@@ -90,9 +104,12 @@ def plan(args):
     skipped = []
 
     def contenders(kind, transport="sse"):
-        for c in CONTENDERS[kind]:
+        optional = [c for c in OPTIONAL.get(kind, []) if wanted is not None and c in wanted]
+        for c in CONTENDERS[kind] + optional:
             if c == "websockets" and transport != "ws":
                 continue
+            if c == "cython+nodelay" and transport != "sse":
+                continue  # the bench server sets TCP_NODELAY for SSE only (WS has it)
             if wanted is not None and c not in wanted:
                 continue
             yield c
@@ -114,6 +131,22 @@ def plan(args):
                                   {"n": cn, "m": m, "per_iter": min(per_iter, m),
                                    "cap": preset["cap"]},
                                   notes=notes, repeat=preset["repeat"] if c in FAST else 1))
+    topic_transports = [t for t in ("sse", "ws") if f"topics-{t}" in chosen]
+    if topic_transports:
+        tp = preset["topics"]
+        tn = args.n or tp["n"]
+        if args.preset != "full" or tn != 1000:
+            skipped.append(f"topics: {args.preset}: N={tn} connections (the full run: 1000)")
+        if wanted is None or "reference" in wanted:
+            skipped.append("topics: no reference: tornadose 0.4.1 has no topics")
+        for per_iter in tp["per_iters"]:
+            for transport in topic_transports:
+                for c in contenders("topics", transport):
+                    cases.append(Case("topics", c, transport,
+                                      {"n": tn, "m": tp["m"], "per_iter": per_iter,
+                                       "topics": tp["topics"], "per_conn": tp["per_conn"],
+                                       "cap": tp["cap"]},
+                                      repeat=preset["repeat"] if c in FAST else 1))
     if "latency" in chosen:
         lat = dict(preset["latency"])
         if args.n:
@@ -153,6 +186,9 @@ def run_case(case):
     if case.scenario in ("burst", "per-message", "sweep"):
         return scenarios.throughput(case.contender, case.transport, p["n"], p["m"],
                                     p["per_iter"], cap=p["cap"])
+    if case.scenario == "topics":
+        return scenarios.topics(case.contender, case.transport, p["n"], p["m"], p["per_iter"],
+                                p["topics"], p["per_conn"], cap=p["cap"])
     if case.scenario == "latency":
         return scenarios.latency(case.contender, case.transport, p["n"], p["rate"],
                                  p["duration"], cap=p["cap"])
@@ -223,8 +259,11 @@ def main(argv=None):
     parser.set_defaults(preset="full")
     parser.add_argument("--scenarios", help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
     parser.add_argument("--contenders", help="comma-separated subset of: "
-                        + ", ".join(dict.fromkeys(c for cs in CONTENDERS.values() for c in cs)))
-    parser.add_argument("-n", type=int, help="subscribers (burst, per-message, latency, idle)")
+                        + ", ".join(dict.fromkeys(c for cs in CONTENDERS.values() for c in cs))
+                        + "; opt-in (only when named): "
+                        + ", ".join(dict.fromkeys(c for cs in OPTIONAL.values() for c in cs)))
+    parser.add_argument("-n", type=int,
+                        help="subscribers (burst, per-message, latency, idle; topics: connections)")
     parser.add_argument("-m", type=int, help="messages (burst, per-message, sweep, stalled)")
     parser.add_argument("--out", help="JSON file (default bench/results/bench-<time>.json, "
                         "also copied to bench/results/latest.json)")
@@ -252,6 +291,8 @@ def main(argv=None):
             if r >= case.repeat:
                 continue
             what = f"{case.scenario} {case.transport} {case.contender} N={case.params.get('n', '')}"
+            if case.scenario == "topics":
+                what += f" {case.params['per_iter']}/turn"
             progress.show(what)
             t = time.monotonic()
             try:

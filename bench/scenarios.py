@@ -2,6 +2,8 @@
 
 * :func:`throughput` -- burst (``per_iter=100``) and per-message (``per_iter=1``)
   delivery of M messages to N subscribers; also the N sweep.
+* :func:`topics` -- a market feed: N connections, each subscribed to K of T topics,
+  M ticks (tick j to topic j % T), ``per_iter`` per loop iteration.
 * :func:`latency` -- M messages paced at R per second to N subscribers.
 * :func:`idle_memory` -- server RSS per idle subscriber.
 * :func:`stalled` -- server RSS while M messages flow past S subscribers that never
@@ -45,6 +47,9 @@ def _delivery_fields(report, t0, cpu, client_cpu0, expected):
     if report["sampled_disorder"]:
         notes.append(f"{report['sampled_disorder']} out-of-order/missing frames "
                      "on sampled connections")
+    if report.get("sampled_reordered"):
+        notes.append(f"{report['sampled_reordered']} frames on sampled connections arrived "
+                     "after a later tick of another topic (allowed: order is per topic)")
     return {
         "delivered": delivered,
         "expected": expected,
@@ -81,6 +86,57 @@ def throughput(contender, transport, n, m, per_iter, size=90, cap=120.0):
               **_delivery_fields(report, t0, cpu, client_cpu0, n * m),
               "server_stats": stats, "server_log_problems": problems,
               "info": session.info}
+    if not answered or not report["complete"]:
+        record["partial"] = True
+        record["notes"].append(f"capped at {cap:.0f} s: "
+                               f"{'still submitting; ' if not answered else ''}"
+                               "µs/delivery is server CPU over the frames delivered by then")
+    return record
+
+
+def topics(contender, transport, n, m, per_iter, n_topics=500, per_conn=50, size=90,
+           cap=120.0):
+    """Server CPU per delivery for a market feed: N connections, connection i subscribed
+    to the ``per_conn`` topics ``(i + (n_topics // per_conn) * k) % n_topics`` (its own
+    URL, ``?topics=S000,S010,...``); M ticks, tick j to topic ``S%03d % (j % n_topics)``,
+    ``per_iter`` per loop iteration. Every connection expects ``per_conn * m / n_topics``
+    frames; ``writes_per_delivery`` is the server's ``writes / delivered``."""
+    if n_topics % per_conn or m % n_topics:
+        raise BenchError(f"topics: {per_conn} topics per connection must divide {n_topics} "
+                         f"topics, which must divide {m} ticks")
+    expect = per_conn * m // n_topics
+    with Session(contender, transport, ["--topics", str(n_topics)]) as session:
+        client = session.client(n, expect, timeout=cap + 600, sample_every=max(1, n // 10),
+                                topics=n_topics, topics_per_conn=per_conn)
+        session.wait_subscribers(n)
+        time.sleep(0.2)
+        stats0 = session.stats()
+        cpu0, client_cpu0 = session.cpu(), client.cpu()
+        t0 = time.monotonic()
+        answered = _get(session, f"/burst?messages={m}&per_iter={per_iter}&size={size}", cap)
+        report = _wait_report(session, client, t0 + cap)
+        cpu = session.cpu() - cpu0
+        stats = session.stats()
+        problems = session.problems()
+    record = {"n": n, "m": m, "per_iter": per_iter, "size": size, "cap_s": cap,
+              "topics": n_topics, "topics_per_conn": per_conn, "expect_per_conn": expect,
+              "subscribers_per_topic": n * per_conn / n_topics,
+              **_delivery_fields(report, t0, cpu, client_cpu0, n * expect),
+              "server_stats": stats, "server_log_problems": problems, "info": session.info,
+              "connections_at_start": stats0.get("connections")}
+    # writes and deliveries of the run (the counters before it are subtracted: the
+    # connections' set-up writes nothing through the fan-out, but be exact)
+    delivered = stats.get("delivered", 0) - stats0.get("delivered", 0)
+    writes = stats.get("writes", 0) - stats0.get("writes", 0)
+    record["server_delivered"] = delivered if "delivered" in stats else None
+    record["server_writes"] = writes if "writes" in stats else None
+    record["writes_per_delivery"] = writes / delivered if delivered and "writes" in stats else None
+    record["sampled_reordered"] = report.get("sampled_reordered")
+    if "delivered" in stats and delivered != record["delivered"]:
+        record["notes"].append(f"the server counted {delivered} deliveries, "
+                               f"the client {record['delivered']} frames")
+    if stats.get("lapped"):
+        record["notes"].append(f"{stats['lapped']} connections lapped (disconnected)")
     if not answered or not report["complete"]:
         record["partial"] = True
         record["notes"].append(f"capped at {cap:.0f} s: "
@@ -213,4 +269,4 @@ def bounded(points):
     return end - mid <= max(2 << 20, 0.1 * (mid - rss0))
 
 
-__all__ = ["BenchError", "throughput", "latency", "idle_memory", "stalled"]
+__all__ = ["BenchError", "throughput", "topics", "latency", "idle_memory", "stalled"]

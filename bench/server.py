@@ -11,8 +11,9 @@ script so that the repository is not on ``sys.path``::
     bench/.venvs/reference/bin/python -I bench/server.py --port 8888 --transport ws
 
 This file must therefore only import the standard library, tornado and
-tornadose.  The control routes are the same for every bench server
-(:mod:`bench.floor`, :mod:`bench.wsbroadcast`):
+tornadose (and :mod:`tornadose.topics` only in topics mode, which the reference,
+tornadose 0.4.1, does not have).  The control routes are the same for every bench
+server (:mod:`bench.floor`, :mod:`bench.wsbroadcast`):
 
 * ``/sse`` or ``/ws`` (per ``--transport``): the subscriber handler.
 * ``GET /subscribers``: number of registered subscribers, as plain text.
@@ -28,6 +29,14 @@ tornadose.  The control routes are the same for every bench server
 
 Every payload is ``payload(seq, t_ns, size)`` below: a sequence number, the
 submit (or scheduled) CLOCK_MONOTONIC time in ns between ``@`` signs, filler.
+
+``--topics T`` (topics mode, this package only) serves a market feed instead of one
+store: a ``TopicRegistry(QueueStore)`` with the topics ``S000``..``S<T-1>`` (created at
+start), through ``TopicEventSource`` / ``TopicWebSocketSubscriber`` at the same
+subscriber path, each connection naming its topics as ``?topics=S000,S010,...``.
+``/burst`` and ``/paced`` then submit message ``seq`` to topic ``seq % T``
+(``registry.submit("S%03d" % (seq % T), payload)``); ``/stats`` is ``registry.stats()``
+and ``/subscribers`` counts connections (``registry.stats()["connections"]``).
 """
 
 import argparse
@@ -85,25 +94,39 @@ def provenance() -> dict:
     }
 
 
-class ControlHandler(tornado.web.RequestHandler):
-    """Base for the control endpoints; holds the store."""
+def topic_name(index: int) -> str:
+    """Topic ``index``'s name: ``S000``.. (the same in bench.floor and the load client)."""
+    return "S%03d" % index
 
-    def initialize(self, store):
+
+class ControlHandler(tornado.web.RequestHandler):
+    """Base for the control endpoints; holds the store, or in topics mode the registry
+    and its topic names (message ``seq`` goes to ``names[seq % len(names)]``)."""
+
+    def initialize(self, store, registry=None, names=()):
         self.store = store
+        self.registry = registry
+        self.names = names
 
 
 class SubscribersHandler(ControlHandler):
     def get(self):
-        self.write(str(len(self.store.subscribers)))
+        if self.registry is not None:
+            self.write(str(self.registry.stats()["connections"]))
+        else:
+            self.write(str(len(self.store.subscribers)))
 
 
 class InfoHandler(ControlHandler):
     def get(self):
-        self.write(provenance())
+        self.write({**provenance(), "topics": len(self.names)})
 
 
 class StatsHandler(ControlHandler):
     def get(self):
+        if self.registry is not None:
+            self.write(self.registry.stats())
+            return
         stats = getattr(self.store, "stats", None)
         self.write(stats() if stats else {})
 
@@ -115,10 +138,22 @@ class BurstHandler(ControlHandler):
         size = int(self.get_argument("size", "90"))
         start = int(self.get_argument("start", "0"))
         rate = float(self.get_argument("rate", "0"))
-        submit = self.store.submit
         clock = time.monotonic_ns
         end = start + messages
         t0 = clock()
+        if self.registry is not None:
+            # Topics mode: tick seq goes to topic seq % T.
+            submit_to = self.registry.submit
+            names = self.names
+            count = len(names)
+            for first in range(start, end, per_iter):
+                for seq in range(first, min(end, first + per_iter)):
+                    submit_to(names[seq % count], payload(seq, clock(), size))
+                ahead = (t0 + (first + per_iter - start) * 1e9 / rate - clock()) if rate else 0
+                await asyncio.sleep(max(0.0, ahead / 1e9))
+            self.write({"submitted": messages})
+            return
+        submit = self.store.submit
         for first in range(start, end, per_iter):
             for seq in range(first, min(end, first + per_iter)):
                 submit(payload(seq, clock(), size))
@@ -132,7 +167,16 @@ class PacedHandler(ControlHandler):
         messages = int(self.get_argument("messages"))
         rate = float(self.get_argument("rate"))
         size = int(self.get_argument("size", "90"))
-        submit = self.store.submit
+        if self.registry is not None:
+            names, submit_to = self.names, self.registry.submit
+
+            def submit(message, seq=None):
+                return submit_to(names[seq % len(names)], message)
+        else:
+            store_submit = self.store.submit
+
+            def submit(message, seq=None):
+                return store_submit(message)
         interval = round(1e9 / rate)
         t0 = time.monotonic_ns() + 10_000_000
         seq = late = 0
@@ -145,7 +189,7 @@ class PacedHandler(ControlHandler):
             if now - due > interval:
                 late += 1
             while seq < messages and t0 + seq * interval <= now:
-                submit(payload(seq, t0 + seq * interval, size))
+                submit(payload(seq, t0 + seq * interval, size), seq)
                 seq += 1
         self.write({"submitted": messages, "late": late})
 
@@ -160,17 +204,33 @@ class NoDelayHTTPServer(tornado.httpserver.HTTPServer):
         super().handle_stream(stream, address)
 
 
-async def serve(port: int, transport: str, capacity: int, nodelay: bool = False) -> None:
+async def serve(port: int, transport: str, capacity: int, nodelay: bool = False,
+                topics: int = 0) -> None:
     kwargs = {"capacity": capacity} if capacity and "backend" in vars(tornadose) else {}
-    store = QueueStore(**kwargs)
+    if topics:
+        # Only this package has topics (not the reference, tornadose 0.4.1).
+        from tornadose.handlers import TopicEventSource, TopicWebSocketSubscriber
+        from tornadose.topics import TopicRegistry
+
+        registry = TopicRegistry(QueueStore, **kwargs)
+        names = [topic_name(t) for t in range(topics)]
+        for name in names:  # created now, not while measuring
+            registry.topic(name)
+        handler = {"sse": TopicEventSource, "ws": TopicWebSocketSubscriber}[transport]
+        subscriber = (rf"/{transport}", handler, {"registry": registry})
+        control = {"store": None, "registry": registry, "names": names}
+    else:
+        store = QueueStore(**kwargs)
+        subscriber = (rf"/{transport}", HANDLERS[transport], {"store": store})
+        control = {"store": store}
     app = tornado.web.Application(
         [
-            (rf"/{transport}", HANDLERS[transport], {"store": store}),
-            (r"/subscribers", SubscribersHandler, {"store": store}),
-            (r"/info", InfoHandler, {"store": store}),
-            (r"/stats", StatsHandler, {"store": store}),
-            (r"/burst", BurstHandler, {"store": store}),
-            (r"/paced", PacedHandler, {"store": store}),
+            subscriber,
+            (r"/subscribers", SubscribersHandler, control),
+            (r"/info", InfoHandler, control),
+            (r"/stats", StatsHandler, control),
+            (r"/burst", BurstHandler, control),
+            (r"/paced", PacedHandler, control),
         ]
     )
     server = (NoDelayHTTPServer if nodelay else tornado.httpserver.HTTPServer)(app)
@@ -186,11 +246,16 @@ def main() -> None:
                         help="QueueStore ring capacity (this package only; 0: its default)")
     parser.add_argument("--nodelay", action="store_true",
                         help="TCP_NODELAY on accepted sockets (SSE only; a diagnostic)")
+    parser.add_argument("--topics", type=int, default=0,
+                        help="topics mode: a TopicRegistry(QueueStore) of T topics S000.. "
+                             "(this package only; 0: one QueueStore)")
     args = parser.parse_args()
+    if args.topics and not 1 <= args.topics <= 1000:
+        parser.error("--topics must be 1..1000 (names S000..S999)")
     raise_nofile_limit()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     print(f"bench.server: {json.dumps(provenance())}", file=sys.stderr, flush=True)
-    asyncio.run(serve(args.port, args.transport, args.capacity, args.nodelay))
+    asyncio.run(serve(args.port, args.transport, args.capacity, args.nodelay, args.topics))
 
 
 if __name__ == "__main__":

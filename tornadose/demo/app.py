@@ -38,8 +38,9 @@ logger = logging.getLogger("tornadose.demo")
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 #: The Redis channel the feed travels on with ``--redis``.
 CHANNEL = "tornadose-demo"
-# Every-message topics keep a short history each: 500 symbols x 256 ticks stays small.
-_TRADES_CAPACITY = 256
+# The trades topics share one log: at the default 500 ticks/s, 65,536 ticks are ~2 min
+# of history for a reconnecting page to resume from (~8 MiB of frames).
+_TRADES_CAPACITY = 65536
 # Seconds of samples behind the rates in /stats.
 _WINDOW = 5
 
