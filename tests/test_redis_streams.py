@@ -630,13 +630,3 @@ async def test_n_processes_on_one_port_resume_on_any_of_them(redis_server):  # n
                 os.kill(pid, signal.SIGKILL)
                 raise AssertionError(f"worker {pid} outlived the parent")
     assert b"Traceback" not in stderr, stderr.decode()
-
-
-def test_stream_stores_cannot_back_topics():
-    """Stream ids name no store: a topic connection could not route its Last-Event-ID,
-    and would start live without a gap notice. Refused up front instead."""
-    from tornadose.stores import RedisStreamStore
-    from tornadose.topics import TopicRegistry
-
-    with pytest.raises(TypeError, match="cannot back topics"):
-        TopicRegistry(RedisStreamStore)

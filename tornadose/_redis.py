@@ -177,7 +177,9 @@ class _RedisBase(_RingStore):
         self._listener: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._drainer: asyncio.Task[None] | None = None
-        self._outbox: deque[tuple[bytes, bool, _Publication]] = deque()
+        # (payload, debug, publication, route): route is what _queue needs besides the
+        # payload (a topic's name), or None.
+        self._outbox: deque[tuple[bytes, bool, _Publication, Any]] = deque()
         self._outbox_bytes = 0
         self._subscribed = False
         self._start_waiters: list[asyncio.Future[None]] = []
@@ -334,7 +336,7 @@ class _RedisBase(_RingStore):
         closed = ConnectionError(
             f"{type(self).__name__} was shut down before the message was published"
         )
-        for _, _, publication in outbox:
+        for _, _, publication, _ in outbox:
             publication._settle(closed)
         for future in waiters:
             future.cancel()
@@ -433,8 +435,9 @@ class _RedisBase(_RingStore):
 
     # -- publishing --------------------------------------------------------------------
 
-    def _enqueue(self, message: Any, debug: bool) -> _Publication:
-        """Serialize ``message`` and queue it for publication, in call order."""
+    def _enqueue(self, message: Any, debug: bool, route: Any = None) -> _Publication:
+        """Serialize ``message`` and queue it for publication, in call order; ``route``
+        goes to :meth:`_queue` with it."""
         payload = encode_message(message)[0]
         if len(payload) > self.max_message_size:
             raise ValueError(
@@ -454,7 +457,7 @@ class _RedisBase(_RingStore):
             return publication
         if debug:
             logger.debug("publishing to Redis %s: %r", self._source, payload)
-        self._outbox.append((payload, debug, publication))
+        self._outbox.append((payload, debug, publication, route))
         self._outbox_bytes += len(payload)
         if self._drainer is None or self._drainer.done():
             self._drainer = loop.create_task(self._drain())
@@ -464,8 +467,8 @@ class _RedisBase(_RingStore):
         """Hook: whether publishing may go ahead without waiting for the listener."""
         return self._subscribed
 
-    def _queue(self, pipe: Any, payload: bytes, debug: bool) -> None:
-        """Hook: add the command(s) publishing ``payload`` to ``pipe``; the reply of the
+    def _queue(self, pipe: Any, payload: bytes, debug: bool, route: Any) -> None:
+        """Hook: add the command(s) publishing ``payload`` (queued with ``route``) to ``pipe``; the reply of the
         last one is what :meth:`_result` gets."""
         raise NotImplementedError
 
@@ -485,17 +488,17 @@ class _RedisBase(_RingStore):
                 if not outbox:
                     return
             batch = [outbox.popleft() for _ in range(min(len(outbox), _BATCH))]
-            self._outbox_bytes -= sum(len(payload) for payload, _, _ in batch)
+            self._outbox_bytes -= sum(len(payload) for payload, _, _, _ in batch)
             pipe = self._publisher.pipeline(transaction=False)
             ends = []
-            for payload, debug, _ in batch:
-                self._queue(pipe, payload, debug)
+            for payload, debug, _, route in batch:
+                self._queue(pipe, payload, debug, route)
                 ends.append(len(pipe) - 1)
             try:
                 replies = await pipe.execute()
             except asyncio.CancelledError:
                 closed = ConnectionError(f"{type(self).__name__} was shut down while publishing")
-                for _, _, publication in batch:
+                for _, _, publication, _ in batch:
                     publication._settle(closed)
                 raise
             except Exception as exc:
@@ -511,9 +514,9 @@ class _RedisBase(_RingStore):
                     self._outbox_bytes = 0
                 else:
                     error = exc
-                self._fail([publication for _, _, publication in batch], error)
+                self._fail([publication for _, _, publication, _ in batch], error)
             else:
-                for (_, _, publication), end in zip(batch, ends):
+                for (_, _, publication, _), end in zip(batch, ends):
                     publication._settle(None, self._result(replies[end]))
                 if self._publish_failing:
                     self._publish_failing = False
@@ -657,7 +660,7 @@ class RedisStore(_RedisBase):
         """
         return self._enqueue(message, debug)
 
-    def _queue(self, pipe: Any, payload: bytes, debug: bool) -> None:
+    def _queue(self, pipe: Any, payload: bytes, debug: bool, route: Any) -> None:
         if debug:
             pipe.set(self.channel, payload, ex=5)  # the original's SETEX
         pipe.publish(self.channel, payload)

@@ -594,14 +594,23 @@ class RedisStreamStore(_RedisBase):
                 continue
             seq = ring.head
             try:
-                self._append(text, raw_id)
-            except ValueError as exc:  # over max_message_size
+                self._append_entry(text, raw_id, fields)
+            except ValueError as exc:  # over max_message_size, or refused by the hook
                 self._skip(raw_id, str(exc))
                 continue
             ids[seq % n] = key
         self._read_id, self._read_key = raw_id, key
         self._last_key = last
         self._wake_position_waiters()
+
+    def _append_entry(self, text: str, raw_id: bytes, fields: dict[bytes, Any]) -> None:
+        """Hook: put one entry read from the stream into the ring (its id: ``raw_id``).
+        Raises ``ValueError`` to skip it."""
+        self._append(text, raw_id)
+
+    def _append_notice(self, sse: bytes, ws: bytes) -> int:
+        """Hook: put a gap notice into the ring; returns its sequence number."""
+        return self._ring.append(sse, ws)
 
     def _skip(self, raw_id: bytes, why: str) -> None:
         logger.warning(
@@ -619,7 +628,7 @@ class RedisStreamStore(_RedisBase):
             "missed": None,
         }
         sse, ws, _ = build_frames(notice, format_stream_id(gap_key), _GAP)
-        seq = self._ring.append(sse, ws)
+        seq = self._append_notice(sse, ws)
         self._ids[seq % len(self._ids)] = gap_key
         self._last_key = gap_key
         first = info.get("first-entry") if info else None
@@ -683,8 +692,12 @@ class RedisStreamStore(_RedisBase):
         # it is reconnecting right now.
         return self._read_id is not None
 
-    def _queue(self, pipe: Any, payload: bytes, debug: bool) -> None:
-        pipe.xadd(self.stream, {_FIELD: payload}, maxlen=self.maxlen, approximate=True)
+    def _queue(self, pipe: Any, payload: bytes, debug: bool, route: Any) -> None:
+        pipe.xadd(self.stream, self._fields(payload, route), maxlen=self.maxlen, approximate=True)
+
+    def _fields(self, payload: bytes, route: Any) -> dict[bytes, Any]:
+        """Hook: the fields of the entry that publishes ``payload``."""
+        return {_FIELD: payload}
 
     def _result(self, reply: Any) -> Any:
         return reply.decode() if isinstance(reply, bytes) else reply

@@ -58,12 +58,15 @@ class TopicFanout(TopicFanoutCore):
         self._sinks[sink] = None
         for topic in sink.topics:
             topic.subs[sink] = None
-        if cursor is None or cursor >= self.flushed:
+        if cursor is None or cursor == self.flushed:
             sink.live = True
             return
         sink.live = False
         sink.cursor = cursor
-        self.catch_up(sink)
+        # Past ``flushed`` (it has seen entries the next flush would bring), it stays
+        # behind until that flush touches it, and is caught up from its cursor then.
+        if cursor < self.flushed:
+            self.catch_up(sink)
 
     def discard(self, sink: TopicSink) -> None:
         """Stop delivering to ``sink``; unknown sinks are ignored."""
@@ -210,10 +213,13 @@ class TopicFanout(TopicFanoutCore):
             self.catch_up(sink)
 
     def _behind(self, sink: TopicSink) -> None:
-        # A sink that is not live got new entries: if the log has already lost some of
-        # its own, it will never catch up, so drop it now rather than at its drain.
+        # A sink that is not live got new entries. If the log has already lost some of
+        # its own, it will never catch up: drop it now rather than at its drain. One
+        # that waits for no drain is caught up now.
         if not self.conflate and sink.cursor < self._ring.tail and self.lost(sink.topics, sink.cursor):
             self._drop_lapped(sink)
+        elif not sink.waiting:
+            self.catch_up(sink)
 
     def _drop_lapped(self, sink: TopicSink) -> None:
         self.lapped += 1

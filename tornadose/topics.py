@@ -152,10 +152,9 @@ class Topic:
         """The SSE ``event:`` type of its messages: the topic's name."""
         return self.name
 
-    def submit(self, message: Any) -> _Submitted:
+    def submit(self, message: Any) -> Any:
         """Publish ``message`` to this topic; see :meth:`TopicRegistry.submit`."""
-        self.registry._publish(self, message)
-        return SUBMITTED
+        return self.registry._publish(self, message)
 
     @property
     def data(self) -> Any:
@@ -213,9 +212,12 @@ class TopicRegistry:
             raise ValueError(
                 f"max_topics_per_subscriber must be at least 1, got {max_topics_per_subscriber}"
             )
+        from ._redis_streams import RedisStreamStore  # imports no redis by itself
+
+        streamed = isinstance(store_class, type) and issubclass(store_class, RedisStreamStore)
         if "event" in store_kwargs:
             raise TypeError("a topic's event is its topic name; do not pass event=")
-        if store_kwargs:
+        if store_kwargs and not streamed:
             raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(store_kwargs))}")
         if max_message_size < 1:
             raise ValueError(f"max_message_size must be at least 1, got {max_message_size}")
@@ -225,13 +227,13 @@ class TopicRegistry:
             raise ValueError(f"write_timeout must not be negative, got {write_timeout}")
         if isinstance(store_class, type) and issubclass(store_class, DataStore):
             latest = True
-        elif isinstance(store_class, type) and issubclass(store_class, QueueStore):
+        elif streamed or isinstance(store_class, type) and issubclass(store_class, QueueStore):
             latest = False
         else:
             raise TypeError(
                 f"{getattr(store_class, '__name__', store_class)!r} cannot back topics: a "
                 "TopicRegistry keeps one log for all its topics, of the DataStore (latest "
-                "value) or QueueStore (every message) kind"
+                "value), QueueStore or RedisStreamStore (every message) kind"
             )
         self.store_class = store_class
         self.latest = latest
@@ -258,6 +260,21 @@ class TopicRegistry:
         self._resumed = 0
         self._gaps = 0
         self._rejected = 0
+        # Topics of entries read from a Redis stream that no Topic object has (yet).
+        self._orphans: dict[str, TopicState] = {}
+        #: The Redis stream log (``TopicRegistry(RedisStreamStore, ...)``), or None.
+        self._log: Any = None
+        if streamed:
+            from ._redis_topics import stream_log_class
+
+            self._log = stream_log_class(store_class)(
+                self,
+                capacity=capacity,
+                max_bytes=max_bytes,
+                max_message_size=max_message_size,
+                write_timeout=write_timeout,
+                **store_kwargs,
+            )
 
     @property
     def capacity(self) -> int:
@@ -283,35 +300,81 @@ class TopicRegistry:
         self._kept.add(name)
         return topic
 
-    def submit(self, name: str, message: Any) -> _Submitted:
+    def submit(self, name: str, message: Any) -> Any:
         """Submit ``message`` to topic ``name`` (created if needed). Works called plainly
         or awaited. Raises as :meth:`topic` does, ``TypeError`` for a message that cannot
         be serialized and ``ValueError`` for invalid UTF-8 or one over
         ``max_message_size``; nothing is queued then. On a latest-value registry,
-        ``None`` clears the topic's current value."""
-        self._publish(self.topic(name), message)
-        return SUBMITTED
+        ``None`` clears the topic's current value. Backed by a Redis stream, it returns
+        what ``RedisStreamStore.submit`` does (awaited: the entry's id)."""
+        return self._publish(self.topic(name), message)
 
-    def _publish(self, topic: Topic, message: Any) -> None:
+    def _publish(self, topic: Topic, message: Any) -> Any:
+        if self._log is not None:
+            # Every process, this one included, gets it by reading the stream.
+            return self._log._enqueue(message, False, topic.name)
         state = topic._state
         if message is None and self.latest:
             state.last_sse = state.last_ws = None
             topic._data = None
-            return
-        ring = self._ring
-        sse, ws, size = build_frames(message, self._event_id(ring.head), topic._event)
+            return SUBMITTED
+        sse, ws, size = build_frames(message, self._event_id(self._ring.head), topic._event)
         if size > self.max_message_size:
             raise ValueError(
                 f"message of {size} bytes exceeds max_message_size={self.max_message_size}"
             )
+        self._append_frames(state, sse, ws, message)
+        return SUBMITTED
+
+    def _append_frames(self, state: TopicState, sse: bytes, ws: bytes, message: Any) -> None:
+        """Put one message's frames into the log and schedule a flush."""
+        ring = self._ring
         ring.add_entry(sse, ws, state)
-        topic._messages += 1
-        topic._data = message
+        topic = self._topics.get(state.name)
+        if topic is not None and topic._state is state:
+            topic._messages += 1
+            topic._data = message
         if self._fanout:
             self._schedule()
         else:
             # Nobody to deliver to: the next connection starts from here.
             self._fanout.flushed = ring.head
+
+    def _state_for(self, name: str) -> TopicState:
+        """The log state of topic ``name``, for an entry read from a Redis stream: its
+        Topic's, or one kept aside until a Topic of that name exists. Raises
+        :class:`TopicNameError` for a bad name."""
+        topic = self._topics.get(name)
+        if topic is not None:
+            return topic._state
+        state = self._orphans.get(name)
+        if state is None:
+            check_topic_name(name)
+            if len(self._orphans) >= self.max_topics:
+                # Forget those of which the log holds nothing any more.
+                tail = self._ring.tail
+                self._orphans = {n: s for n, s in self._orphans.items() if s.last_seq >= tail}
+            state = self._orphans[name] = TopicState(name)
+        return state
+
+    def _states_of(self, handler: Any) -> list[TopicState]:
+        states = [topic._state for topic in handler._tornadose_topics]
+        if self._log is not None:
+            states.append(self._log._everyone)
+        return states
+
+    def start(self) -> Any:
+        """With a Redis stream: connect and start reading (``await registry.start()``
+        returns once this process reads the stream). Otherwise a no-op. Awaitable."""
+        if self._log is not None:
+            return self._log.start()
+        return SUBMITTED
+
+    async def aclose(self) -> None:
+        """With a Redis stream: stop reading and publishing, close the connections
+        (``RedisStreamStore.aclose``). Otherwise nothing to do."""
+        if self._log is not None:
+            await self._log.aclose()
 
     _schedule = _RingStore._schedule
 
@@ -390,6 +453,9 @@ class TopicRegistry:
             "retained_bytes": ring.nbytes,
         }
         stats.update(self._fanout.stats())
+        if self._log is not None:
+            log = self._log.stats()
+            stats.update(backfilled=log["backfilled"], resuming=log["resuming"])
         stats.update(
             disconnected=self._disconnected,
             resumed=self._resumed,
@@ -485,8 +551,13 @@ class TopicRegistry:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:
             pass
-        cursor, gap, live_from = self._start(states, last_event_id)
         self._handlers[sink] = handler
+        if self._log is not None:
+            # The stream's store resolves the id (maybe asking Redis) and joins the
+            # connection through _TopicStreamLog._start_sink.
+            self._log.register(handler)
+            return
+        cursor, gap, live_from = self._start(states, last_event_id)
         if gap is not None:
             self._gaps += 1
             sse, ws, _ = build_frames(gap, self._event_id(live_from - 1), _GAP_EVENT)
@@ -501,6 +572,8 @@ class TopicRegistry:
         if sink is None or self._handlers.pop(sink, None) is None:
             return
         self._disconnected += 1
+        if self._log is not None:
+            self._log.deregister(handler)
         self._fanout.discard(sink)
 
     def change(self, handler: Any, add: list[Topic], remove: list[Topic]) -> bool:
@@ -594,6 +667,9 @@ class TopicRegistry:
                 f"topic {_echo(name)} cannot be created"
             )
         topic = self._topics[name] = Topic(self, name)
+        orphan = self._orphans.pop(name, None)
+        if orphan is not None:
+            topic._state = orphan  # entries of it are in the log already
         return topic
 
     def __repr__(self) -> str:

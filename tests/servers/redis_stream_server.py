@@ -14,7 +14,9 @@ its ``Last-Event-ID`` exactly.
 
 Routes of every worker: ``/sse`` (EventSource), ``/ws`` (WebSocketSubscriber), ``GET
 /stats`` (the store's counters and the worker's pid), ``POST /publish`` (the request body
-is submitted; answers the event id). Responses carry ``X-Worker-Pid``. Each worker prints
+is submitted; answers the event id). With ``--topics`` the store is a
+``TopicRegistry(RedisStreamStore)``: ``/sse?topics=A,B`` and ``/ws?topics=A,B`` are
+``TopicEventSource`` / ``TopicWebSocketSubscriber``, and ``POST /publish?topic=A``. Responses carry ``X-Worker-Pid``. Each worker prints
 ``ready <pid>`` once it reads the stream and listens. SIGTERM (or SIGINT) to the parent
 ends every worker cleanly: stores closed (SSE responses end, WebSockets close with 1001),
 then the server stopped. On Linux workers also end when the parent dies.
@@ -32,8 +34,14 @@ import tornado.netutil
 import tornado.process
 import tornado.web
 
-from tornadose.handlers import EventSource, WebSocketSubscriber
+from tornadose.handlers import (
+    EventSource,
+    TopicEventSource,
+    TopicWebSocketSubscriber,
+    WebSocketSubscriber,
+)
 from tornadose.stores import RedisStreamStore
+from tornadose.topics import TopicRegistry
 
 
 class WorkerSSE(EventSource):
@@ -43,6 +51,18 @@ class WorkerSSE(EventSource):
 
 
 class WorkerWS(WebSocketSubscriber):
+    def prepare(self):
+        self.set_header("X-Worker-Pid", str(os.getpid()))
+        super().prepare()
+
+
+class WorkerTopicSSE(TopicEventSource):
+    def prepare(self):
+        self.set_header("X-Worker-Pid", str(os.getpid()))
+        super().prepare()
+
+
+class WorkerTopicWS(TopicWebSocketSubscriber):
     def prepare(self):
         self.set_header("X-Worker-Pid", str(os.getpid()))
         super().prepare()
@@ -63,7 +83,12 @@ class Publish(tornado.web.RequestHandler):
 
     async def post(self):
         self.set_header("X-Worker-Pid", str(os.getpid()))
-        self.write(await self.store.submit(self.request.body.decode()))
+        topic = self.get_query_argument("topic", None)
+        message = self.request.body.decode()
+        if topic is not None:
+            self.write(await self.store.submit(topic, message))
+        else:
+            self.write(await self.store.submit(message))
 
 
 def die_with_parent(parent: int) -> None:
@@ -78,12 +103,20 @@ def die_with_parent(parent: int) -> None:
 
 
 async def worker(args, sockets) -> None:
-    store = RedisStreamStore(args.stream, host=args.redis_host, port=args.redis_port)
+    redis = {"host": args.redis_host, "port": args.redis_port}
+    if args.topics:
+        store = TopicRegistry(RedisStreamStore, stream=args.stream, **redis)
+        handlers = [
+            (r"/sse", WorkerTopicSSE, {"registry": store}),
+            (r"/ws", WorkerTopicWS, {"registry": store}),
+        ]
+    else:
+        store = RedisStreamStore(args.stream, **redis)
+        handlers = [(r"/sse", WorkerSSE, {"store": store}), (r"/ws", WorkerWS, {"store": store})]
     await store.start()
     app = tornado.web.Application(
-        [
-            (r"/sse", WorkerSSE, {"store": store}),
-            (r"/ws", WorkerWS, {"store": store}),
+        handlers
+        + [
             (r"/stats", Stats, {"store": store}),
             (r"/publish", Publish, {"store": store}),
         ]
@@ -115,6 +148,9 @@ def main() -> None:
     parser.add_argument("--stream", default="tornadose")
     parser.add_argument(
         "--reuse-port", action="store_true", help="one SO_REUSEPORT socket per worker"
+    )
+    parser.add_argument(
+        "--topics", action="store_true", help="a TopicRegistry(RedisStreamStore) and topic handlers"
     )
     args = parser.parse_args()
     # Bind before forking (unless each worker binds its own): one socket, all workers.
