@@ -11,6 +11,7 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.testing import bind_unused_port
 
 from .helpers import TornadoWS
+from .redis_server import redis_py, redis_server  # noqa: F401  (fixtures)
 from .sseclient import RawSSEClient
 
 
@@ -48,3 +49,59 @@ async def test_demo_serves_page_streams_and_stats():
         proc.terminate()
         _, stderr = proc.communicate(timeout=10)
     assert b"Traceback" not in stderr and b"WARNING" not in stderr, stderr.decode()
+
+
+async def test_demo_processes_resume_trades_on_another_worker(redis_server):  # noqa: F811
+    """--processes with --redis: the trades topics are views of one Redis stream, so a
+    client cut from one worker resumes on another with every tick exactly once."""
+    sock, port = bind_unused_port()
+    sock.close()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tornadose.demo",
+            "--port",
+            str(port),
+            "--symbols",
+            "20",
+            "--rate",
+            "300",
+            "--processes",
+            "2",
+            "--redis",
+            f"redis://127.0.0.1:{redis_server.port}/0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    http = AsyncHTTPClient()
+    try:
+        assert b"tornadose demo" in proc.stdout.readline()
+        symbols = json.loads((await http.fetch(f"http://127.0.0.1:{port}/symbols")).body)
+        path = "/trades/sse?topics=" + ",".join(symbols)  # every symbol: every tick
+
+        async def connect(headers=None, other_than=None) -> RawSSEClient:
+            for _ in range(200):
+                client = await RawSSEClient.connect("127.0.0.1", port, path, headers=headers)
+                if client.headers["x-served-by"] != other_than:
+                    return client
+                client.close_fin()
+            raise AssertionError("every connection landed on the same worker")
+
+        first = await connect()
+        seen = await first.read_events(60)
+        first.close_rst()
+        await asyncio.sleep(0.3)  # ticks keep coming while it is away
+        again = await connect({"Last-Event-ID": seen[-1].id}, first.headers["x-served-by"])
+        seen += await again.read_events(240)
+        assert all(e.type in symbols for e in seen), {e.type for e in seen}
+        seqs = [json.loads(e.data)["seq"] for e in seen]
+        # Every tick once, in order, across the two workers: the feed numbers them.
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+        again.close_fin()
+    finally:
+        http.close()
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=15)
+    assert b"Traceback" not in stderr and b"ERROR" not in stderr, stderr.decode()

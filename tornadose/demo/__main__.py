@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from .. import backend
-from .app import CHANNEL, Demo
+from .app import CHANNEL, Demo, trades_registry
 from .feed import MarketFeed, make_symbols
 
 logger = logging.getLogger("tornadose.demo")
@@ -227,18 +227,31 @@ def publish_only(args: argparse.Namespace) -> Any:
     async def publishing(stop: asyncio.Event) -> None:
         from ..stores import RedisStore
 
+        symbols = make_symbols(args.symbols)
         store = RedisStore(channel=CHANNEL, **args.redis_kwargs)
+        limits = {"max_topics": len(symbols), "max_topics_per_subscriber": len(symbols)}
+        trades = trades_registry(args.redis_kwargs, **limits)
+        for symbol in symbols:
+            trades.topic(symbol)
         try:
             await asyncio.wait_for(store.start(), 10)
+            await asyncio.wait_for(trades.start(), 10)
         except asyncio.TimeoutError:
             await store.aclose()
+            await trades.aclose()
             raise ConnectionError(f"cannot reach Redis at {args.redis}") from None
         await _servers_listening(args, stop)
-        feed = MarketFeed(make_symbols(args.symbols), args.rate, store.submit)
+
+        def publish(tick: dict[str, Any]) -> None:
+            store.submit(tick)
+            trades.submit(tick["symbol"], tick)
+
+        feed = MarketFeed(symbols, args.rate, publish)
         feed.start()
         await stop.wait()
         feed.stop()
         await store.aclose()
+        await trades.aclose()
 
     return publishing
 

@@ -6,7 +6,8 @@ URLs (``<topics>``: symbols, comma-separated, in the path or as ``?topics=``):
 - ``/quotes/sse/<topics>``, ``/quotes/ws/<topics>``: latest price per symbol (one
   latest-value topic per symbol): a snapshot of every requested symbol, then updates.
 - ``/trades/sse/<topics>``, ``/trades/ws/<topics>``: every tick of the requested symbols
-  (one every-message topic per symbol).
+  (one every-message topic per symbol). With Redis these topics are views of one Redis
+  stream, so a client resumes them exactly on any server process.
 - ``/ticks/sse``, ``/ticks/ws``: every tick of every symbol; ``/latest/sse``,
   ``/latest/ws``: the newest tick of any symbol.
 - ``/symbols``: the feed's symbols, JSON; ``/stats``: counters, JSON.
@@ -31,13 +32,15 @@ from ..stores import DataStore, QueueStore
 from ..topics import TopicRegistry
 from .feed import MarketFeed
 
-__all__ = ["CHANNEL", "STATIC", "Demo"]
+__all__ = ["CHANNEL", "STATIC", "TRADES_STREAM", "Demo", "trades_registry"]
 
 logger = logging.getLogger("tornadose.demo")
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 #: The Redis channel the feed travels on with ``--redis``.
 CHANNEL = "tornadose-demo"
+#: The Redis stream of the trades topics with ``--redis``.
+TRADES_STREAM = "tornadose-demo-trades"
 # The trades topics share one log: at the default 500 ticks/s, 65,536 ticks are ~2 min
 # of history for a reconnecting page to resume from (~8 MiB of frames).
 _TRADES_CAPACITY = 65536
@@ -52,7 +55,9 @@ class Demo:
     straight into the stores. With ``redis`` (keyword arguments for
     :class:`~tornadose._redis.RedisStore`) the ticks travel through a Redis channel:
     ``/ticks`` serves that channel's store directly, and each tick that arrives is
-    passed on to the other stores, so that any number of processes serve the same feed.
+    passed on to the latest-value stores, so that any number of processes serve the same
+    feed. The trades topics then read a Redis stream that the feed also writes to: their
+    ids are the stream's, the same in every process.
     """
 
     def __init__(
@@ -82,15 +87,13 @@ class Demo:
         # if they like), and for nothing else.
         limits = {"max_topics": len(symbols), "max_topics_per_subscriber": len(symbols)}
         self.quotes = TopicRegistry(DataStore, create_on_subscribe=False, **limits)
-        self.trades = TopicRegistry(
-            QueueStore, create_on_subscribe=False, capacity=_TRADES_CAPACITY, **limits
-        )
+        self.trades = trades_registry(redis, **limits)
         for symbol in symbols:
             self.quotes.topic(symbol)
             self.trades.topic(symbol)
         self.feed: MarketFeed | None = None
         if feed:
-            self.feed = MarketFeed(symbols, rate, self.ticks.submit if redis else self.publish)
+            self.feed = MarketFeed(symbols, rate, self.publish)
         self._samples: deque[tuple[float, int, int]] = deque(maxlen=_WINDOW + 1)
         self._topic_stats: dict[str, dict[str, int]] = {}
         self._rates: dict[str, float] = {}
@@ -100,10 +103,10 @@ class Demo:
     def routes(self) -> list[Any]:
         quotes, trades = {"registry": self.quotes}, {"registry": self.trades}
         return [
-            (r"/quotes/sse(?:/([^/]+))?", TopicEventSource, quotes),
-            (r"/quotes/ws(?:/([^/]+))?", TopicWebSocketSubscriber, quotes),
-            (r"/trades/sse(?:/([^/]+))?", TopicEventSource, trades),
-            (r"/trades/ws(?:/([^/]+))?", TopicWebSocketSubscriber, trades),
+            (r"/quotes/sse(?:/([^/]+))?", _TopicSSE, quotes),
+            (r"/quotes/ws(?:/([^/]+))?", _TopicWS, quotes),
+            (r"/trades/sse(?:/([^/]+))?", _TopicSSE, trades),
+            (r"/trades/ws(?:/([^/]+))?", _TopicWS, trades),
             (r"/ticks/sse", EventSource, {"store": self.ticks}),
             (r"/ticks/ws", WebSocketSubscriber, {"store": self.ticks}),
             (r"/latest/sse", EventSource, {"store": self.latest}),
@@ -121,8 +124,10 @@ class Demo:
         if self.redis is not None:
             try:
                 await asyncio.wait_for(self.ticks.start(), redis_timeout)
+                await asyncio.wait_for(self.trades.start(), redis_timeout)
             except asyncio.TimeoutError:
                 await self.ticks.aclose()
+                await self.trades.aclose()
                 raise ConnectionError(f"no answer within {redis_timeout:g} s") from None
         if self.feed is not None:
             self.feed.start()
@@ -143,18 +148,24 @@ class Demo:
         self.trades.close()
         if self.redis is not None:
             await self.ticks.aclose()
+            await self.trades.aclose()
 
     def publish(self, tick: dict[str, Any]) -> None:
-        """Hand one tick to every store (the feed's ``publish`` without Redis)."""
+        """Hand one tick of the feed to every store (with Redis, to the channel and the
+        trades stream, from where every process gets it)."""
         self.ticks.submit(tick)
-        self.pass_on(tick)
+        if self.redis is None:
+            self.pass_on(tick)
+        else:
+            self.trades.submit(tick["symbol"], tick)
 
     def pass_on(self, tick: dict[str, Any]) -> None:
-        """Hand one tick to every store but ``/ticks``."""
+        """Hand one tick to the stores that are local to this process."""
         self.latest.submit(tick)
         symbol = tick["symbol"]
         self.quotes.submit(symbol, tick)
-        self.trades.submit(symbol, tick)
+        if self.redis is None:
+            self.trades.submit(symbol, tick)
 
     # -- counters -------------------------------------------------------------------
 
@@ -199,6 +210,35 @@ class Demo:
             "messages_per_second": round((last[1] - first[1]) / elapsed, 1) if elapsed else 0.0,
             "deliveries_per_second": round((last[2] - first[2]) / elapsed, 1) if elapsed else 0.0,
         }
+
+
+def trades_registry(redis: dict[str, Any] | None, **limits: Any) -> TopicRegistry:
+    """The trades topics: a local log, or with ``redis`` one Redis stream."""
+    if redis is None:
+        return TopicRegistry(
+            QueueStore, create_on_subscribe=False, capacity=_TRADES_CAPACITY, **limits
+        )
+    from ..stores import RedisStreamStore
+
+    return TopicRegistry(
+        RedisStreamStore,
+        create_on_subscribe=False,
+        capacity=_TRADES_CAPACITY,
+        stream=TRADES_STREAM,
+        **limits,
+        **redis,
+    )
+
+
+class _TopicSSE(TopicEventSource):
+    # Which of several server processes serves this stream (X-Served-By: <pid>).
+    def set_default_headers(self) -> None:
+        self.set_header("X-Served-By", str(os.getpid()))
+
+
+class _TopicWS(TopicWebSocketSubscriber):
+    def set_default_headers(self) -> None:
+        self.set_header("X-Served-By", str(os.getpid()))
 
 
 class _Relay:
