@@ -69,7 +69,9 @@ class Client:
     async def read(self, n: int, timeout: float = 10.0) -> list[tuple[str, str, str]]:
         if self.kind == "sse":
             return [(e.id, e.type, e.data) for e in await self.conn.read_events(n, timeout=timeout)]
-        frames = [json.loads(await asyncio.wait_for(self.conn.conn.recv(), timeout)) for _ in range(n)]
+        frames = [
+            json.loads(await asyncio.wait_for(self.conn.conn.recv(), timeout)) for _ in range(n)
+        ]
         return [(f["id"], f["event"], f["data"]) for f in frames]
 
     async def drop(self) -> None:

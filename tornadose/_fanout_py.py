@@ -13,7 +13,8 @@ client) is removed the same way.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Iterator
+from typing import Callable
 
 from tornado.iostream import IOStream, StreamClosedError
 

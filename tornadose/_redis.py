@@ -468,8 +468,8 @@ class _RedisBase(_RingStore):
         return self._subscribed
 
     def _queue(self, pipe: Any, payload: bytes, debug: bool, route: Any) -> None:
-        """Hook: add the command(s) publishing ``payload`` (queued with ``route``) to ``pipe``; the reply of the
-        last one is what :meth:`_result` gets."""
+        """Hook: add the command(s) publishing ``payload`` (queued with ``route``) to
+        ``pipe``; the reply of the last one is what :meth:`_result` gets."""
         raise NotImplementedError
 
     def _result(self, reply: Any) -> Any:

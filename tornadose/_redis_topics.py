@@ -68,7 +68,9 @@ class _TopicStreamLog:
         sse, ws, size = build_frames(text, raw_id, name.encode())
         store: Any = self
         if size > store.max_message_size:
-            raise ValueError(f"message of {size} bytes exceeds max_message_size={store.max_message_size}")
+            raise ValueError(
+                f"message of {size} bytes exceeds max_message_size={store.max_message_size}"
+            )
         registry._append_frames(state, sse, ws, text)
 
     def _append_notice(self, sse: bytes, ws: bytes) -> int:

@@ -136,7 +136,9 @@ class TopicRing(Ring):
 
     __slots__ = ("keep_latest", "_topic")
 
-    def __init__(self, capacity: int, max_bytes: int, first_seq: int = 0, keep_latest: bool = False) -> None:
+    def __init__(
+        self, capacity: int, max_bytes: int, first_seq: int = 0, keep_latest: bool = False
+    ) -> None:
         super().__init__(capacity, max_bytes, first_seq)
         self.keep_latest = keep_latest
         self._topic: list[TopicState | None] = [None] * capacity

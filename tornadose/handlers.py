@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-
 from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
 from tornado.web import RequestHandler

@@ -80,7 +80,9 @@ class TopicFanout(TopicFanoutCore):
             sink.stream.io_loop.remove_timeout(sink.timer)
             sink.timer = None
 
-    def change(self, sink: TopicSink, add: Iterable[TopicState] = (), remove: Iterable[TopicState] = ()) -> bool:
+    def change(
+        self, sink: TopicSink, add: Iterable[TopicState] = (), remove: Iterable[TopicState] = ()
+    ) -> bool:
         """Change the topics of ``sink``: first everything of its current topics up to
         now is handed to its stream, then the change applies to every later entry.
         Returns ``False`` when ``sink`` was dropped instead (lapped)."""
@@ -140,7 +142,11 @@ class TopicFanout(TopicFanoutCore):
             # Only each topic's newest value, and only when the flush pass will not
             # bring a newer one anyway.
             newest = sorted(
-                (t for t in sink.topics if cursor <= t.last_seq < flushed and t.last_sse is not None),
+                (
+                    t
+                    for t in sink.topics
+                    if cursor <= t.last_seq < flushed and t.last_sse is not None
+                ),
                 key=lambda t: t.last_seq,
             )
             return [t.last_ws if ws else t.last_sse for t in newest]  # type: ignore[misc]
@@ -216,7 +222,11 @@ class TopicFanout(TopicFanoutCore):
         # A sink that is not live got new entries. If the log has already lost some of
         # its own, it will never catch up: drop it now rather than at its drain. One
         # that waits for no drain is caught up now.
-        if not self.conflate and sink.cursor < self._ring.tail and self.lost(sink.topics, sink.cursor):
+        if (
+            not self.conflate
+            and sink.cursor < self._ring.tail
+            and self.lost(sink.topics, sink.cursor)
+        ):
             self._drop_lapped(sink)
         elif not sink.waiting:
             self.catch_up(sink)
@@ -267,5 +277,6 @@ class TopicFanout(TopicFanoutCore):
             "conflated": self.conflated,
             "max_lag": max(
                 (flushed - sink.cursor for sink in self._sinks if not sink.live), default=0
-            ) + (self._ring.head - flushed if self._sinks else 0),
+            )
+            + (self._ring.head - flushed if self._sinks else 0),
         }

@@ -41,6 +41,7 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
+from .fanout import FORMAT_WS
 from .frames import build_frames
 from .ring import TopicRing, TopicState
 from .stores import (
@@ -54,9 +55,7 @@ from .stores import (
     QueueStore,
     _new_epoch,
     _RingStore,
-    _Submitted,
 )
-from .fanout import FORMAT_WS
 from .topicfanout import TopicFanout, TopicSink
 
 __all__ = [
@@ -627,7 +626,9 @@ class TopicRegistry:
                 return tail, self._gap("expired", last_event_id, lost), tail
         return cursor, None, cursor
 
-    def _gap(self, reason: str | None, last_event_id: str, lost: list[TopicState]) -> dict[str, Any]:
+    def _gap(
+        self, reason: str | None, last_event_id: str, lost: list[TopicState]
+    ) -> dict[str, Any]:
         return {
             "reason": reason,
             "last_event_id": last_event_id[:_ID_ECHO_LIMIT],

@@ -16,10 +16,10 @@ Routes of every worker: ``/sse`` (EventSource), ``/ws`` (WebSocketSubscriber), `
 /stats`` (the store's counters and the worker's pid), ``POST /publish`` (the request body
 is submitted; answers the event id). With ``--topics`` the store is a
 ``TopicRegistry(RedisStreamStore)``: ``/sse?topics=A,B`` and ``/ws?topics=A,B`` are
-``TopicEventSource`` / ``TopicWebSocketSubscriber``, and ``POST /publish?topic=A``. Responses carry ``X-Worker-Pid``. Each worker prints
-``ready <pid>`` once it reads the stream and listens. SIGTERM (or SIGINT) to the parent
-ends every worker cleanly: stores closed (SSE responses end, WebSockets close with 1001),
-then the server stopped. On Linux workers also end when the parent dies.
+``TopicEventSource`` / ``TopicWebSocketSubscriber``, and ``POST /publish?topic=A``.
+Responses carry ``X-Worker-Pid``. Each worker prints ``ready <pid>`` once it reads the
+stream and listens. SIGTERM (or SIGINT) to the parent ends every worker cleanly: stores
+closed (SSE responses end, WebSockets close with 1001), then the server stopped. On Linux workers also end when the parent dies.
 """
 
 import argparse
