@@ -4,7 +4,9 @@ Each test serves ``TopicEventSource`` / ``TopicWebSocketSubscriber`` over ONE
 ``TopicRegistry(QueueStore)``, publishes ~200 messages a second round-robin over T0..T5
 (payload: a global counter) and subscribes a client to T0..T4 only. While publishing
 goes on, the connection is cut twice (once with a TCP reset, once with a plain close or
-a client abort), and the client comes back by itself with the last id it saw. Then:
+a client abort; each right after one message of every topic was submitted in the same
+loop turn, so the old connection never got those), and the client comes back by itself
+with the last id it saw. Then:
 every message of T0..T4 arrived exactly once and in submit order, nothing of T5, no
 ``tornadose-gap`` notice, and the server really saw two reconnections, each carrying
 the id of the last event the client had before it lost the connection.
