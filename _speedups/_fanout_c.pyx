@@ -31,6 +31,9 @@ FORMAT_WS = 2
 cdef enum:
     _SSE = 0  # ring kinds, as in _ring_c
     _WS = 1
+cdef enum:
+    _F_SSE_CHUNKED = 1  # FORMAT_SSE_CHUNKED, FORMAT_WS as C constants
+    _F_WS = 2
 
 
 cdef class Sink:
@@ -423,14 +426,14 @@ cdef class TopicFanoutCore:
                     sink.mark = mark
                     touched.append(sink)
                     if sink.live:
-                        sink.pending = [ws if sink.format == FORMAT_WS else sse]
+                        sink.pending = [ws if sink.format == _F_WS else sse]
                 elif sink.live:
-                    sink.pending.append(ws if sink.format == FORMAT_WS else sse)
+                    sink.pending.append(ws if sink.format == _F_WS else sse)
         for sink in touched:
             if sink.live:
                 frames = sink.pending
                 sink.pending = None
-                self._write(sink, frames, start)
+                self._write_c(sink, frames, start)
             else:
                 self._behind(sink)
 
@@ -438,31 +441,34 @@ cdef class TopicFanoutCore:
         """Write ``frames`` (everything of its topics from ``before`` to ``flushed``) to
         ``sink`` in one write. A busy sink stops being live at ``before``; one whose
         socket takes only part waits, not live, at ``flushed``."""
+        self._write_c(sink, frames, before)
+
+    cdef int _write_c(self, TopicSink sink, list frames, long long before) except -1:
         cdef bint busy
         stream = sink.stream
         if sink.sock is not None:
             if stream.socket is not sink.sock:
-                return  # closed: its close callback deregisters it
+                return 0  # closed: its close callback deregisters it
             busy = sink.wbuf._size != 0
         else:
             if stream.closed():
-                return
+                return 0
             busy = stream.writing()
         if busy:
             sink.live = False
             sink.cursor = before
             self._wait_for_drain(sink)
-            return
+            return 0
         self.delivered += len(frames)
         self.writes += 1
         sink.written = True
         if sink.deliver is not None:
             sink.deliver(frames)
-            return
-        cdef bytes data = _join_frames(frames, sink.format == FORMAT_SSE_CHUNKED)
+            return 0
+        cdef bytes data = _join_frames(frames, sink.format == _F_SSE_CHUNKED)
         if sink.sock is None:
             stream.write(data)
-            return
+            return 0
         cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
         cdef ssize_t sent = send(sink.fd, PyBytes_AS_STRING(data), size, MSG_NOSIGNAL | MSG_DONTWAIT)
         if sent < 0:
@@ -473,9 +479,10 @@ cdef class TopicFanoutCore:
                 # close callback, which deregisters the connection.
                 code = errno
                 stream.close(exc_info=OSError(code, strerror(code).decode()))
-                return
+                return 0
         if sent < size:
             stream.write(memoryview(data)[sent:])
             sink.live = False
             sink.cursor = self.flushed
             self._wait_for_drain(sink)
+        return 0
