@@ -15,7 +15,9 @@ from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdio cimport snprintf
 from libc.string cimport memcpy, strerror
 
-from tornado.iostream import IOStream, StreamClosedError
+from tornado.iostream import IOStream
+
+from tornadose._drain import drained, timed_out, wait_for_drain
 
 cdef extern from "<errno.h>" nogil:
     int EWOULDBLOCK
@@ -89,6 +91,39 @@ cdef class Sink:
     def direct(self):
         """True when frames are written straight to the socket."""
         return self.sock is not None
+
+
+cdef enum:
+    _SENT = 0  # what _send did with the bytes
+    _QUEUED = 1
+    _GONE = 2
+
+
+cdef int _send(Sink sink, bytes data) except -1:
+    """Write ``data`` to the sink's connection: straight to the socket's file descriptor
+    with one non-blocking ``send()`` when that is safe, and what the socket does not
+    take (or everything, otherwise) to the IOStream, which keeps it in order and writes
+    it as the socket drains. Returns _SENT, _QUEUED (some waits in the stream) or _GONE
+    (the client is gone)."""
+    stream = sink.stream
+    if sink.sock is None:
+        stream.write(data)
+        return _QUEUED if stream.writing() else _SENT
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
+    cdef ssize_t sent = send(sink.fd, PyBytes_AS_STRING(data), size, MSG_NOSIGNAL | MSG_DONTWAIT)
+    if sent < 0:
+        if errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR:
+            sent = 0
+        else:
+            # A reset or broken pipe: the client is gone, which is normal. Closing the
+            # stream runs its close callback, which deregisters the subscriber.
+            code = errno
+            stream.close(exc_info=OSError(code, strerror(code).decode()))
+            return _GONE
+    if sent < size:
+        stream.write(memoryview(data)[sent:])
+        return _QUEUED
+    return _SENT
 
 
 cdef bytes _chunk(bytes data):
@@ -234,25 +269,8 @@ cdef class Fanout:
         if sink.deliver is not None:
             sink.deliver(ring.frames(_WS, cursor))
             return 0
-        cdef bytes data = cache.get(ring, sink.format, cursor)
-        if sink.sock is None:
-            stream.write(data)
-            return 0
-        cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
-        cdef ssize_t sent = send(sink.fd, PyBytes_AS_STRING(data), size, MSG_NOSIGNAL | MSG_DONTWAIT)
-        if sent < 0:
-            if errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR:
-                sent = 0
-            else:
-                # A reset or broken pipe: the client is gone, which is normal. Closing the
-                # stream runs its close callback, which deregisters the subscriber.
-                code = errno
-                stream.close(exc_info=OSError(code, strerror(code).decode()))
-                return 0
-        if sent < size:
-            # The socket is full: IOStream keeps the rest, in order, and writes it as
-            # the socket drains. Until then this subscriber is skipped.
-            stream.write(memoryview(data)[sent:])
+        if _send(sink, cache.get(ring, sink.format, cursor)) == _QUEUED:
+            # Until the rest is written, this subscriber is skipped.
             self._wait_for_drain(sink)
         return 0
 
@@ -276,32 +294,14 @@ cdef class Fanout:
         stream.write(data)
 
     cdef void _wait_for_drain(self, Sink sink) except *:
-        if sink.waiting:
-            return
-        sink.waiting = True
-        stream = sink.stream
-        try:
-            # An empty write resolves once everything already queued has been written.
-            drained = stream.write(b"")
-        except StreamClosedError:
-            sink.waiting = False
-            return
-        drained.add_done_callback(lambda _: self._drained(sink))
-        if self.write_timeout > 0:
-            sink.timer = stream.io_loop.call_later(self.write_timeout, self._timed_out, sink)
+        wait_for_drain(self, sink)
 
     def _drained(self, Sink sink):
-        sink.waiting = False
-        if sink.timer is not None:
-            sink.stream.io_loop.remove_timeout(sink.timer)
-            sink.timer = None
-        if not sink.stream.closed():
+        if drained(sink):
             self.flush_one(sink)
 
     def _timed_out(self, Sink sink):
-        sink.timer = None
-        if sink.waiting and sink in self._sinks:
-            self.timed_out += 1
+        if timed_out(self, sink):
             del self._sinks[sink]
             sink.on_drop()
 
@@ -465,23 +465,7 @@ cdef class TopicFanoutCore:
         if sink.deliver is not None:
             sink.deliver(frames)
             return 0
-        cdef bytes data = _join_frames(frames, sink.format == _F_SSE_CHUNKED)
-        if sink.sock is None:
-            stream.write(data)
-            return 0
-        cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
-        cdef ssize_t sent = send(sink.fd, PyBytes_AS_STRING(data), size, MSG_NOSIGNAL | MSG_DONTWAIT)
-        if sent < 0:
-            if errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR:
-                sent = 0
-            else:
-                # The client is gone, which is normal: closing the stream runs its
-                # close callback, which deregisters the connection.
-                code = errno
-                stream.close(exc_info=OSError(code, strerror(code).decode()))
-                return 0
-        if sent < size:
-            stream.write(memoryview(data)[sent:])
+        if _send(sink, _join_frames(frames, sink.format == _F_SSE_CHUNKED)) == _QUEUED:
             sink.live = False
             sink.cursor = self.flushed
             self._wait_for_drain(sink)

@@ -16,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Callable
 
-from tornado.iostream import IOStream, StreamClosedError
+from tornado.iostream import IOStream
+
+from ._drain import drained, timed_out, wait_for_drain
 
 from ._ring_py import SSE, WS, Ring, TopicRing, TopicState
 
@@ -68,6 +70,36 @@ class Sink:
 
 def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+# What _send did with the bytes.
+SENT, QUEUED, GONE = 0, 1, 2
+
+
+def _send(sink: Sink, data: bytes) -> int:
+    """Write ``data`` to the sink's connection: straight to the socket when that is
+    safe, and what the socket does not take (or everything, otherwise) to the IOStream,
+    which keeps it in order and writes it as the socket drains. Returns ``SENT`` when
+    all of it went out now, ``QUEUED`` when some of it waits in the stream, ``GONE``
+    when the client is gone."""
+    stream = sink.stream
+    send = sink.send
+    if send is None:
+        stream.write(data)
+        return QUEUED if stream.writing() else SENT
+    try:
+        sent = send(data)
+    except BlockingIOError:
+        sent = 0
+    except OSError as exc:
+        # A reset or broken pipe: the client is gone, which is normal. Closing the
+        # stream runs its close callback, which deregisters the subscriber.
+        stream.close(exc_info=exc)
+        return GONE
+    if sent < len(data):
+        stream.write(memoryview(data)[sent:])
+        return QUEUED
+    return SENT
 
 
 class Fanout:
@@ -156,23 +188,8 @@ class Fanout:
             else:
                 data = ring.join(SSE, cursor)
             cache[key] = data
-        send = sink.send
-        if send is None:
-            stream.write(data)
-            return
-        try:
-            sent = send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            # A reset or broken pipe: the client is gone, which is normal. Closing the
-            # stream runs its close callback, which deregisters the subscriber.
-            stream.close(exc_info=exc)
-            return
-        if sent < len(data):
-            # The socket is full: IOStream keeps the rest, in order, and writes it as
-            # the socket drains. Until then this subscriber is skipped.
-            stream.write(memoryview(data)[sent:])
+        if _send(sink, data) == QUEUED:
+            # Until the rest is written, this subscriber is skipped.
             self._wait_for_drain(sink)
 
     def write_extra(self, sink: Sink, sse: bytes, ws: bytes | None) -> None:
@@ -195,32 +212,14 @@ class Fanout:
         stream.write(data)
 
     def _wait_for_drain(self, sink: Sink) -> None:
-        if sink.waiting:
-            return
-        sink.waiting = True
-        stream = sink.stream
-        try:
-            # An empty write resolves once everything already queued has been written.
-            drained = stream.write(b"")
-        except StreamClosedError:
-            sink.waiting = False
-            return
-        drained.add_done_callback(lambda _: self._drained(sink))
-        if self.write_timeout > 0:
-            sink.timer = stream.io_loop.call_later(self.write_timeout, self._timed_out, sink)
+        wait_for_drain(self, sink)
 
     def _drained(self, sink: Sink) -> None:
-        sink.waiting = False
-        if sink.timer is not None:
-            sink.stream.io_loop.remove_timeout(sink.timer)
-            sink.timer = None
-        if not sink.stream.closed():
+        if drained(sink):
             self.flush_one(sink)
 
     def _timed_out(self, sink: Sink) -> None:
-        sink.timer = None
-        if sink.waiting and sink in self._sinks:
-            self.timed_out += 1
+        if timed_out(self, sink):
             del self._sinks[sink]
             sink.on_drop()
 
@@ -340,21 +339,7 @@ class TopicFanoutCore:
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         if sink.format == FORMAT_SSE_CHUNKED:
             data = _chunk(data)
-        send = sink.send
-        if send is None:
-            stream.write(data)
-            return
-        try:
-            sent = send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            # The client is gone, which is normal: closing the stream runs its close
-            # callback, which deregisters the connection.
-            stream.close(exc_info=exc)
-            return
-        if sent < len(data):
-            stream.write(memoryview(data)[sent:])
+        if _send(sink, data) == QUEUED:
             sink.live = False
             sink.cursor = self.flushed
             self._wait_for_drain(sink)

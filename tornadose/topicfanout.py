@@ -21,6 +21,7 @@ from typing import Any
 
 from tornado.iostream import StreamClosedError
 
+from ._drain import drained, timed_out, wait_for_drain
 from ._fanout_py import _chunk
 from .fanout import FORMAT_SSE_CHUNKED, FORMAT_WS, TopicFanoutCore, TopicSink
 from .ring import TopicRing, TopicState
@@ -237,32 +238,14 @@ class TopicFanout(TopicFanoutCore):
         sink.on_drop()
 
     def _wait_for_drain(self, sink: TopicSink) -> None:
-        if sink.waiting:
-            return
-        sink.waiting = True
-        stream = sink.stream
-        try:
-            # An empty write resolves once everything already queued has been written.
-            drained = stream.write(b"")
-        except StreamClosedError:
-            sink.waiting = False
-            return
-        drained.add_done_callback(lambda _: self._drained(sink))
-        if self.write_timeout > 0 and sink.timer is None:
-            sink.timer = stream.io_loop.call_later(self.write_timeout, self._timed_out, sink)
+        wait_for_drain(self, sink)
 
     def _drained(self, sink: TopicSink) -> None:
-        sink.waiting = False
-        if sink.timer is not None:
-            sink.stream.io_loop.remove_timeout(sink.timer)
-            sink.timer = None
-        if not sink.stream.closed():
+        if drained(sink):
             self.catch_up(sink)
 
     def _timed_out(self, sink: TopicSink) -> None:
-        sink.timer = None
-        if sink.waiting and sink in self._sinks:
-            self.timed_out += 1
+        if timed_out(self, sink):
             self.discard(sink)
             sink.on_drop()
 
