@@ -19,7 +19,6 @@ from typing import Callable
 from tornado.iostream import IOStream
 
 from ._drain import drained, timed_out, wait_for_drain
-
 from ._ring_py import SSE, WS, Ring, TopicRing, TopicState
 
 # Wire formats a subscriber can take.
