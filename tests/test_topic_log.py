@@ -296,3 +296,40 @@ async def test_every_subscriber_socket_has_tcp_nodelay(serve, setting):
     tsse.close_fin()
     await ws.close()
     await tws.close()
+
+
+# -- write_delay ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delay, writes", [(0.0, 5), (0.2, 1)])
+@pytest.mark.parametrize("kind", ["store", "registry"])
+async def test_a_write_delay_coalesces_loop_turns_into_one_write(serve, kind, delay, writes):
+    if kind == "store":
+        source = QueueStore(write_delay=delay)
+        port = await serve([(r"/sse", EventSource, {"store": source})])
+        client = await RawSSEClient.connect("127.0.0.1", port, "/sse")
+        await wait_until(lambda: len(source.subscribers) == 1)
+        submit = source.submit
+    else:
+        source = TopicRegistry(QueueStore, write_delay=delay)
+        port = await serve(routes(source))
+        client = await RawSSEClient.connect("127.0.0.1", port, "/sse?topics=A,B")
+        await wait_until(lambda: source.connections == 1)
+
+        def submit(i):
+            return source.submit("AB"[i % 2], i)
+
+    for i in range(5):  # one per loop turn
+        submit(i)
+        await asyncio.sleep(0)
+    assert [int(e.data) for e in await client.read_events(5)] == list(range(5))
+    assert source.stats()["writes"] == writes
+    client.close_fin()
+
+
+def test_write_delay_is_bounded():
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="write_delay"):
+            QueueStore(write_delay=bad)
+        with pytest.raises(ValueError, match="write_delay"):
+            TopicRegistry(QueueStore, write_delay=bad)

@@ -54,6 +54,7 @@ from .stores import (
     DataStore,
     QueueStore,
     _new_epoch,
+    check_write_delay,
     _RingStore,
 )
 from .topicfanout import TopicFanout, TopicSink
@@ -182,8 +183,8 @@ class TopicRegistry:
     every-message topics (subclasses too); any other ``store_class`` raises
     ``TypeError``. The keyword arguments a store takes size the ONE log and apply to
     every connection: ``capacity`` (entries, all topics together), ``max_bytes``,
-    ``max_message_size``, ``max_subscribers`` (connections; more get 503) and
-    ``write_timeout``.
+    ``max_message_size``, ``max_subscribers`` (connections; more get 503),
+    ``write_timeout`` and ``write_delay`` (see ``QueueStore``).
 
     Limits: ``max_topics`` topics in the registry, ``max_topics_per_subscriber`` topics
     on one connection. With ``create_on_subscribe=False`` subscribers can only ask for
@@ -203,6 +204,7 @@ class TopicRegistry:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_subscribers: int | None = None,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+        write_delay: float = 0.0,
         **store_kwargs: Any,
     ) -> None:
         if max_topics < 1:
@@ -241,6 +243,7 @@ class TopicRegistry:
         self.create_on_subscribe = create_on_subscribe
         self.max_message_size = max_message_size
         self.max_subscribers = max_subscribers
+        self.write_delay = check_write_delay(write_delay)
         # Sequence numbers start at 1, so that position 0 means "nothing seen yet".
         self._ring = TopicRing(capacity, max_bytes, 1, keep_latest=latest)
         self._fanout = TopicFanout(self._ring, latest, write_timeout)
