@@ -68,7 +68,7 @@ def topic_indices(i, topics, per_conn):
 
 def topics_path(transport, i, topics, per_conn):
     """Connection ``i``'s subscriber path in topics mode: ``/sse?topics=S000,S010,...``."""
-    names = ",".join("S%03d" % t for t in topic_indices(i, topics, per_conn))
+    names = ",".join(f"S{t:03d}" for t in topic_indices(i, topics, per_conn))
     return f"/{transport}?topics={names}"
 
 

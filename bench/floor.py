@@ -75,7 +75,7 @@ def ws_topic_frame(seq, topic, text):
 
 def topic_name(index):
     """Topic ``index``'s name, as :mod:`bench.server` and the load client spell it."""
-    return "S%03d" % index
+    return f"S{index:03d}"
 
 
 def ws_text_frame(body):

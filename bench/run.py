@@ -3,6 +3,7 @@
     python -m bench --quick          # under 2 minutes on 2 cores
     python -m bench                  # the full run (under 20 minutes)
     python -m bench --tiny --contenders python,floor --no-plots   # seconds (the tests)
+    python -m bench --scenarios topics-sse,topics-ws               # the market feed only
 
 See bench/README.md for what each figure means.
 """

@@ -96,7 +96,7 @@ def provenance() -> dict:
 
 def topic_name(index: int) -> str:
     """Topic ``index``'s name: ``S000``.. (the same in bench.floor and the load client)."""
-    return "S%03d" % index
+    return f"S{index:03d}"
 
 
 class ControlHandler(tornado.web.RequestHandler):
