@@ -33,7 +33,9 @@ CONTENDERS = {
     "websockets": "websockets library, broadcast() per message (WebSocket only)",
     "floor-topics": "raw floor for topics: each tick's frame built once, a connection's "
                     "frames joined, one send() per connection per loop iteration; TCP_NODELAY",
-    "floor+nodelay": "the floor with TCP_NODELAY on its sockets (the latency target's floor)",
+    "floor+nodelay": "the floor with TCP_NODELAY on its sockets, as tornadose's subscriber "
+                     "sockets have (the latency target's floor)",
+    "floor-msg+nodelay": "the per-message floor with TCP_NODELAY on its sockets",
     "cython+nodelay": "cython with TCP_NODELAY set by the bench server (a diagnostic; "
                       "opt-in: TCP_NODELAY is the core's own default after its rewrite)",
 }

@@ -27,8 +27,11 @@ SCENARIOS = ["burst-sse", "burst-ws", "per-message-sse", "per-message-ws", "topi
 
 #: contenders per scenario, in table order
 CONTENDERS = {
-    "burst": ["cython", "python", "reference", "floor", "floor-msg", "websockets"],
-    "per-message": ["cython", "python", "reference", "floor-msg", "websockets"],
+    # +nodelay floors: the same sockets as the subscribers' (TCP_NODELAY on), like for like
+    "burst": ["cython", "python", "reference", "floor", "floor+nodelay", "floor-msg",
+              "websockets"],
+    "per-message": ["cython", "python", "reference", "floor-msg", "floor-msg+nodelay",
+                    "websockets"],
     # the reference (tornadose 0.4.1) has no topics
     "topics": ["cython", "python", "floor-topics"],
     "latency": ["cython", "python", "reference", "floor", "floor+nodelay"],
@@ -43,7 +46,8 @@ OPTIONAL = {
     "latency": ["cython+nodelay"],
 }
 #: contenders fast enough to be run several times (median kept)
-FAST = {"cython", "python", "floor", "floor-msg", "floor-topics", "cython+nodelay"}
+FAST = {"cython", "python", "floor", "floor-msg", "floor-topics", "cython+nodelay",
+        "floor+nodelay", "floor-msg+nodelay"}
 SLOW = {"reference"}
 
 PRESETS = {
