@@ -99,8 +99,11 @@ async def handler(connection):
 
 
 async def main_async(port):
+    # open_timeout=None: a /burst trigger is answered once every message is sent, which
+    # takes longer than websockets' default 10 s opening handshake at N=1000.
     async with serve(handler, "127.0.0.1", port, process_request=process_request,
-                     compression=None, ping_interval=None, max_size=2**16, backlog=4096):
+                     compression=None, ping_interval=None, max_size=2**16, backlog=4096,
+                     open_timeout=None):
         await asyncio.Event().wait()
 
 
