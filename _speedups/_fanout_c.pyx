@@ -320,6 +320,7 @@ cdef class TopicSink(Sink):
     cdef public list pending
     cdef public long long mark
     cdef public bint live
+    cdef public long long skipped
 
     def __init__(self, stream, int format, on_drop, deliver=None):
         Sink.__init__(self, stream, format, on_drop, deliver)
@@ -327,6 +328,7 @@ cdef class TopicSink(Sink):
         self.pending = None
         self.mark = 0
         self.live = False
+        self.skipped = 0  # entries of its topics flushed while it was not live
 
 
 cdef bytes _join_frames(list frames, bint chunked):
@@ -427,8 +429,12 @@ cdef class TopicFanoutCore:
                     touched.append(sink)
                     if sink.live:
                         sink.pending = [ws if sink.format == _F_WS else sse]
+                    else:
+                        sink.skipped += 1
                 elif sink.live:
                     sink.pending.append(ws if sink.format == _F_WS else sse)
+                else:
+                    sink.skipped += 1
         for sink in touched:
             if sink.live:
                 frames = sink.pending

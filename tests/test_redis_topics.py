@@ -125,6 +125,31 @@ async def test_drop_on_a_resume_on_b_every_tick_of_every_topic_once(redis_server
     await b.registry.aclose()
 
 
+async def test_a_client_that_comes_back_to_the_same_process_resumes_exactly(
+    redis_server, serve
+):
+    """Its topics exist in that process only while someone holds them; what the log
+    read of them meanwhile is still found when the client comes back."""
+    a = await new_registry(redis_server, serve)
+    b = await new_registry(redis_server, serve)
+    client = await Client.connect("sse", b.port)
+    await wait_until(lambda: b.registry.connections == 1)
+    await feed(a.registry, 50)
+    items = await client.read(len(expected(50)))
+    await client.drop()
+    await wait_until(lambda: b.registry.connections == 0)
+    assert "T0" not in b.registry  # released: no publisher here, nobody subscribed
+    await feed(a.registry, 50)
+    await wait_until(lambda: b.registry.stats()["messages"] == 100)
+    again = await Client.connect("sse", b.port, last_event_id=items[-1][0])
+    rest = await again.read(len(expected(100)) - len(items))
+    assert [(t, d) for _, t, d in items + rest] == expected(50) + expected(50)
+    assert b.registry.stats()["gaps"] == 0
+    await again.drop()
+    await a.registry.aclose()
+    await b.registry.aclose()
+
+
 async def test_an_id_older_than_the_local_log_resumes_from_redis_filtered_to_its_topics(
     redis_server, serve
 ):

@@ -333,3 +333,39 @@ def test_write_delay_is_bounded():
             QueueStore(write_delay=bad)
         with pytest.raises(ValueError, match="write_delay"):
             TopicRegistry(QueueStore, write_delay=bad)
+
+
+# -- latest-value topics: stall, then drain -------------------------------------------------
+
+
+async def test_a_stalled_latest_value_connection_drains_to_the_newest_values_only(serve):
+    """Its socket really fills (small buffers on both ends, a client that does not
+    read); when it reads again it gets only each topic's newest value, not a backlog."""
+    quotes = TopicRegistry(DataStore)
+    port = await serve(routes(quotes))
+    client = await RawSSEClient.connect(
+        "127.0.0.1", port, "/sse?topics=A,B,C", rcvbuf=4096, limit=1024
+    )
+    await wait_until(lambda: quotes.connections == 1)
+    (handler,) = quotes.topic("A").subscribers
+    server_socket(handler).setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    pad = "x" * 1000
+    turns = 0
+    while next(iter(quotes._fanout)).live or turns < 50:  # until it is behind, and then some
+        for topic in "ABC":
+            quotes.submit(topic, {"turn": turns, "pad": pad})
+        turns += 1
+        await asyncio.sleep(0.001)
+        assert turns < 5000, "the connection never fell behind"
+    final = {"A": turns - 1, "B": turns - 1, "C": turns - 1}
+    received = 0
+    latest: dict[str, int] = {}
+    while latest != final:
+        (event,) = await client.read_events(1)
+        latest[event.type] = json.loads(event.data)["turn"]
+        received += 1
+    stats = quotes.stats()
+    assert stats["lapped"] == 0 and stats["conflated"] > 0
+    # Far fewer than the 3 x turns values submitted reached it: the backlog was skipped.
+    assert received < 3 * turns / 2, (received, turns)
+    client.close_fin()

@@ -233,7 +233,7 @@ class TopicSink(Sink):
     one flush.
     """
 
-    __slots__ = ("topics", "pending", "mark", "live")
+    __slots__ = ("topics", "pending", "mark", "live", "skipped")
 
     def __init__(
         self,
@@ -247,6 +247,7 @@ class TopicSink(Sink):
         self.pending: list[bytes] | None = None
         self.mark = 0
         self.live = False
+        self.skipped = 0  # entries of its topics flushed while it was not live
 
 
 class TopicFanoutCore:
@@ -307,8 +308,12 @@ class TopicFanoutCore:
                     touched.append(sink)
                     if sink.live:
                         sink.pending = [ws if sink.format == FORMAT_WS else sse]
+                    else:
+                        sink.skipped += 1
                 elif sink.live:
                     sink.pending.append(ws if sink.format == FORMAT_WS else sse)  # type: ignore[union-attr]
+                else:
+                    sink.skipped += 1
         for sink in touched:
             if sink.live:
                 frames = sink.pending

@@ -150,6 +150,9 @@ class TopicFanout(TopicFanoutCore):
                 ),
                 key=lambda t: t.last_seq,
             )
+            # What it was not sent while behind, and will never be: the conflated.
+            self.conflated += max(0, sink.skipped - len(newest))
+            sink.skipped = 0
             return [t.last_ws if ws else t.last_sse for t in newest]  # type: ignore[misc]
         if cursor < ring.tail and self.lost(sink.topics, cursor):
             self._drop_lapped(sink)

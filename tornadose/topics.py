@@ -527,6 +527,10 @@ class TopicRegistry:
             topic = self._topics.get(name)
             if name not in self._kept and topic is not None and not topic._state.subs:
                 del self._topics[name]
+                if topic._state.last_seq >= self._ring.tail:
+                    # The log still holds entries of it (read from a Redis stream): a
+                    # connection that comes back for it must find them.
+                    self._orphans[name] = topic._state
 
     def _admit(self) -> bool:
         """Reserve a place for a connection about to register; ``False`` (and a
