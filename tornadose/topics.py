@@ -54,8 +54,8 @@ from .stores import (
     DataStore,
     QueueStore,
     _new_epoch,
-    check_write_delay,
     _RingStore,
+    check_write_delay,
 )
 from .topicfanout import TopicFanout, TopicSink
 
