@@ -324,7 +324,23 @@ class EventSource(BaseHandler):
             self._resume_from(self._last_event_id())
             self._schedule_heartbeat()
         self._subscribe()
-        await self._done
+        try:
+            await self._done
+        except asyncio.CancelledError:
+            # The event loop is ending (asyncio.run returning, Ctrl-C) or whoever runs
+            # this task cancelled it: a normal end of the stream. Finish the response
+            # first, so that Tornado does not try to send an error into a stream whose
+            # headers are long gone (and log that it cannot, once per stream).
+            self._end_quietly()
+            raise
+
+    def _end_quietly(self) -> None:
+        self._resolve()
+        if not self._finished:
+            try:
+                self.finish()
+            except Exception:  # the connection is already gone: nothing to end
+                logger.debug("%r: could not finish on cancellation", self, exc_info=True)
 
     def publish(self, message: Any) -> Any:
         """Write one message as an SSE event (the generic path)."""
