@@ -354,9 +354,35 @@ async def test_idle_sse_stream_gets_retry_hint_and_heartbeats(serve):
     store.submit("data")
     (event,) = await client.read_events(1)
     assert event.data == "data"
-    assert client.parser.retry == 1500
+    assert 750 <= client.parser.retry <= 2250  # jittered around it
     assert client.comments >= 3, "idle stream got no heartbeat comments"
     client.close_fin()
+
+
+@pytest.mark.parametrize("jitter", [None, 0.2, 0])
+async def test_retry_hints_are_spread_within_the_jitter(serve, jitter):
+    """Clients cut together (a restart, a blip) must not come back together: each
+    stream's hint is drawn within retry x (1 +- jitter), 0.5 by default."""
+    store = QueueStore()
+    settings = {"sse_retry": 2000}
+    if jitter is not None:
+        settings["sse_retry_jitter"] = jitter
+    port = await serve(routes(store), **settings)
+    clients = [await RawSSEClient.connect("127.0.0.1", port, "/sse") for _ in range(30)]
+    await wait_until(lambda: len(store.subscribers) == 30)
+    store.submit("x")
+    hints = []
+    for client in clients:
+        await client.read_events(1)
+        hints.append(client.parser.retry)
+        client.close_fin()
+    spread = 0.5 if jitter is None else jitter
+    assert all(2000 * (1 - spread) - 1 <= h <= 2000 * (1 + spread) + 1 for h in hints), hints
+    if spread:
+        assert len(set(hints)) > 20, hints  # spread out, not one value
+        assert max(hints) - min(hints) > 2000 * spread  # over much of the range
+    else:
+        assert set(hints) == {2000}
 
 
 async def test_heartbeat_setting_from_the_application(serve):

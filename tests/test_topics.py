@@ -475,7 +475,8 @@ async def test_idle_multi_topic_stream_gets_heartbeats_and_retry_hint(serve):
     await asyncio.sleep(0.3)
     registry.submit("B", "data")
     (event,) = await client.read_events(1)
-    assert (event.type, event.data, client.parser.retry) == ("B", "data", 1500)
+    assert (event.type, event.data) == ("B", "data")
+    assert 750 <= client.parser.retry <= 2250  # 1500, jittered
     # One heartbeat per interval for the connection, not one per topic.
     assert 3 <= client.comments <= 7
     client.close_fin()

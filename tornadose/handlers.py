@@ -62,6 +62,10 @@ _DISCONNECTED = (StreamClosedError, WebSocketClosedError)
 #: of the same name without the ``sse_`` prefix override them per URL).
 DEFAULT_SSE_HEARTBEAT_INTERVAL = 15.0  # seconds of silence before a ``:`` comment line
 DEFAULT_SSE_RETRY = 2000  # milliseconds, sent as the ``retry:`` reconnection hint
+# Each stream's hint is drawn uniformly from retry x (1 - jitter) .. retry x (1 + jitter),
+# so that clients cut at the same moment (a server restart, a network blip) do not all
+# come back at the same moment.
+DEFAULT_SSE_RETRY_JITTER = 0.5
 # Subscribe-only sockets need no large incoming messages; a bigger one closes the
 # connection (code 1009) unless ``websocket_max_message_size`` says otherwise.
 DEFAULT_WS_MAX_INCOMING = 64 * 1024
@@ -267,7 +271,9 @@ class EventSource(BaseHandler):
     query parameter) resumes right after that event when the store still holds what
     followed it, and otherwise gets a ``tornadose-gap`` event first (see
     :data:`tornadose.stores.GAP_EVENT`). The stream starts with a ``retry:`` hint
-    (``sse_retry`` setting or ``retry`` argument, milliseconds) and carries a ``:``
+    (``sse_retry`` setting or ``retry`` argument, milliseconds, drawn per stream within
+    ``sse_retry_jitter`` (default 0.5: from half to one and a half times it) so that
+    clients cut together come back spread out) and carries a ``:``
     comment line after ``heartbeat_interval`` seconds of silence (``sse_heartbeat_interval``
     setting, default 15; 0 disables) so proxies do not close idle streams.
     """
@@ -304,7 +310,10 @@ class EventSource(BaseHandler):
             else self.settings.get("sse_retry", DEFAULT_SSE_RETRY)
         )
         if retry:
-            self.write(b"retry: %d\n\n" % int(retry))
+            jitter = self.settings.get("sse_retry_jitter", DEFAULT_SSE_RETRY_JITTER)
+            if jitter:
+                retry *= random.uniform(1 - jitter, 1 + jitter)
+            self.write(b"retry: %d\n\n" % max(1, round(retry)))
         self._done = asyncio.get_running_loop().create_future()
         try:
             await self.flush()
