@@ -23,7 +23,10 @@ __all__ = ["GAP_EVENT", "BaseStore", "DataStore", "QueueStore", "RedisStore", "R
 
 logger = logging.getLogger("tornadose.stores")
 
-DEFAULT_CAPACITY = 4096
+# History a subscriber may lag behind or resume across: ~16 s at 1,000 msg/s, enough for
+# a reconnect storm (retry hint up to 3 s by default, then admission); ~4 MiB of frames
+# for ~100-byte messages, and never more than max_bytes.
+DEFAULT_CAPACITY = 16384
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 DEFAULT_WRITE_TIMEOUT = 30.0
