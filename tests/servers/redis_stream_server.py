@@ -29,11 +29,11 @@ import os
 import signal
 import sys
 
-import tornado.httpserver
 import tornado.netutil
 import tornado.process
 import tornado.web
 
+import tornadose
 from tornadose.handlers import (
     EventSource,
     TopicEventSource,
@@ -121,7 +121,7 @@ async def worker(args, sockets) -> None:
             (r"/publish", Publish, {"store": store}),
         ]
     )
-    server = tornado.httpserver.HTTPServer(app)
+    server = tornadose.make_server(app)
     if args.reuse_port:
         sockets = tornado.netutil.bind_sockets(args.port, args.host, reuse_port=True, backlog=4096)
     server.add_sockets(sockets)

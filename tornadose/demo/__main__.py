@@ -127,8 +127,10 @@ def main(argv: list[str] | None = None) -> None:
         check_redis(args)
     from tornado.netutil import bind_sockets
 
+    from ..server import DEFAULT_BACKLOG
+
     try:
-        sockets = bind_sockets(args.port, args.address)
+        sockets = bind_sockets(args.port, args.address, backlog=DEFAULT_BACKLOG)
     except OSError as exc:
         sys.exit(f"cannot listen on {args.address}:{args.port}: {exc.strerror}")
     port = sockets[0].getsockname()[1]
@@ -196,7 +198,7 @@ async def _exit_with(parent: int, stop: asyncio.Event) -> None:
 
 def serve(args: argparse.Namespace, sockets: list[socket.socket], feed: bool = True) -> Any:
     async def serving(stop: asyncio.Event) -> None:
-        from tornado.httpserver import HTTPServer
+        from ..server import make_server
 
         demo = Demo(
             make_symbols(args.symbols),
@@ -209,7 +211,7 @@ def serve(args: argparse.Namespace, sockets: list[socket.socket], feed: bool = T
             await demo.start()
         except ConnectionError as exc:
             raise ConnectionError(f"cannot reach Redis at {args.redis}: {exc}") from None
-        server = HTTPServer(demo.app)
+        server = make_server(demo.app)
         server.add_sockets(sockets)
         if args.processes == 1:  # ready: say where to go
             print(args.banner, flush=True)
