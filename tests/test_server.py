@@ -121,3 +121,39 @@ async def test_listen_serves_with_a_large_backlog():
     finally:
         server.stop()
         plain.stop()
+
+
+async def test_near_the_descriptor_limit_new_subscribers_get_503_not_exhaustion():
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(SERVER),
+        "--nofile",
+        "128",
+        "--rate",
+        "50",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    admitted, refused = [], 0
+    try:
+        port = int((await asyncio.wait_for(proc.stdout.readline(), 15)).split()[1])
+        for _ in range(150):
+            client = await RawSSEClient.connect("127.0.0.1", port, "/sse")
+            if client.status == 200:
+                admitted.append(client)
+                continue
+            assert client.status == 503
+            assert 2 <= int(client.headers["retry-after"]) <= 10
+            assert b"open-files limit" in await client.read_body()
+            client.close_fin()
+            refused += 1
+        # The headroom (32 of 128) stays free: refused, never run out.
+        assert 60 <= len(admitted) <= 96 and refused == 150 - len(admitted)
+        for client in admitted:  # and the admitted ones keep receiving
+            assert (await client.read_events(2))[1].data.isdigit()
+        for client in admitted:
+            client.close_fin()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 20)
+    assert b"RLIMIT_NOFILE" not in stderr and b"Traceback" not in stderr, stderr.decode()

@@ -20,6 +20,7 @@ import asyncio
 import inspect
 import logging
 import random
+import resource
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -66,6 +67,9 @@ DEFAULT_SSE_RETRY = 2000  # milliseconds, sent as the ``retry:`` reconnection hi
 # so that clients cut at the same moment (a server restart, a network blip) do not all
 # come back at the same moment.
 DEFAULT_SSE_RETRY_JITTER = 0.5
+# Descriptors kept free below RLIMIT_NOFILE: new subscribers are refused (503) within
+# max(this, 2% of the limit) of it, so the process never accepts itself into EMFILE.
+DEFAULT_FD_HEADROOM = 32
 # Subscribe-only sockets need no large incoming messages; a bigger one closes the
 # connection (code 1009) unless ``websocket_max_message_size`` says otherwise.
 DEFAULT_WS_MAX_INCOMING = 64 * 1024
@@ -183,6 +187,12 @@ class BaseHandler(RequestHandler):
         ``Retry-After``, so a reconnect storm spreads out instead of coming back at once.
         A connection to several stores gets a place in all of them or in none.
         """
+        if self._near_descriptor_limit():
+            for store, _ in self._targets:
+                if hasattr(store, "_rejected"):
+                    store._rejected += 1
+            self._refuse_busy("server busy: too close to its open-files limit\n")
+            return False
         reserved: list[Any] = []
         for store, _ in self._targets:
             admit = getattr(store, "_admit", None)
@@ -191,13 +201,33 @@ class BaseHandler(RequestHandler):
             if not admit():
                 for taken in reserved:
                     taken._release()
-                self.set_status(503)
-                self.set_header("Retry-After", str(random.randint(2, 10)))
-                self.finish("subscriber limit reached\n")
+                self._refuse_busy("subscriber limit reached\n")
                 return False
             reserved.append(store)
         self._reserved = reserved
         return True
+
+    def _refuse_busy(self, reason: str) -> None:
+        self.set_status(503)
+        self.set_header("Retry-After", str(random.randint(2, 10)))
+        self.finish(reason)
+
+    def _near_descriptor_limit(self) -> bool:
+        """Whether this connection's descriptor is within the headroom of the process's
+        open-files limit (``RLIMIT_NOFILE``): the kernel hands out the lowest free
+        number, so a descriptor numbered n means n descriptors are open already.
+        Admitting more subscribers there would leave nothing for anything else."""
+        stream = getattr(self.request.connection, "stream", None)
+        sock = getattr(stream, "socket", None)
+        if sock is None:
+            return False
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            return False
+        headroom = self.settings.get("tornadose_fd_headroom")
+        if headroom is None:
+            headroom = max(DEFAULT_FD_HEADROOM, soft // 50)
+        return sock.fileno() >= soft - headroom
 
     def _release_reservation(self) -> None:
         reserved, self._reserved = self._reserved, ()
