@@ -36,6 +36,8 @@ CONTENDERS = {
     "floor+nodelay": "the floor with TCP_NODELAY on its sockets, as tornadose's subscriber "
                      "sockets have (the latency target's floor)",
     "floor-msg+nodelay": "the per-message floor with TCP_NODELAY on its sockets",
+    "bare-tornado": "a bare Tornado SSE handler: sets the headers, flushes them, waits "
+                    "(bench/bare.py; the admission scenario's baseline)",
     "cython+nodelay": "cython with TCP_NODELAY set by the bench server (a diagnostic; "
                       "opt-in: TCP_NODELAY is the core's own default after its rewrite)",
 }
@@ -103,6 +105,15 @@ def _contender_command(name, transport):
         def check(info):
             if not info.get("topics"):
                 raise BenchError("floor-topics: the floor is not in topics mode")
+
+    elif name == "bare-tornado":
+        if transport != "sse":
+            raise BenchError("bare-tornado is an SSE-only contender")
+        argv = [py, "-m", "bench.bare"]
+
+        def check(info):
+            if info.get("server") != "bare-tornado":
+                raise BenchError("bare-tornado: not bench/bare.py")
 
     elif name == "websockets":
         if transport != "ws":

@@ -75,6 +75,11 @@ def add_ratios(doc):
     for r in idle.values():
         if ref and r.get("bytes_per_subscriber") and ref.get("bytes_per_subscriber"):
             r["ref_over"] = ref["bytes_per_subscriber"] / r["bytes_per_subscriber"]
+    adm = _by(_records(doc, "admission"))
+    bare = adm.get("bare-tornado") or {}
+    for r in adm.values():
+        if _num(r.get("us_per_subscriber")) and _num(bare.get("us_per_subscriber")):
+            r["x_bare"] = r["us_per_subscriber"] / bare["us_per_subscriber"]
 
 
 def targets(doc):
@@ -153,6 +158,24 @@ def targets(doc):
     if cy and cy.get("bounded") is not None:
         add("stalled: cython RSS growth bounded (independent of messages sent)",
             round(cy["rss_growth_second_half"] / 2**20, 2), "MiB in 2nd half", cy["bounded"])
+    cy = _by(_records(doc, "storm")).get("cython")
+    if cy and "exact" in cy:
+        last = cy.get("back_last_s")
+        add("storm: last subscriber back within 5 s of the cut",
+            round(last, 3) if last is not None else None, 5.0,
+            last is not None and last <= 5.0 and cy["reconnected"] == cy["n"],
+            f"N={cy['n']}, p50 {_fmt(cy.get('back_p50_s'), '.2f')} s, server count back "
+            f"after {_fmt(cy.get('back_server_s'), '.2f')} s; answered after the hint: p50 "
+            f"{_fmt(cy.get('late_p50_s'), '.2f')} s, max {_fmt(cy.get('late_max_s'), '.2f')} s; "
+            f"server CPU busy {_pct(cy.get('server_busy_until_back'))} until then")
+        add("storm: cython every subscriber resumed exactly (no gap, duplicate, missing)",
+            cy["exact"], True, bool(cy["exact"]),
+            f"{cy['gaps']} gap events, {cy['disorder']} reads out of sequence")
+    cy = _by(_records(doc, "admission")).get("cython")
+    if cy and _num(cy.get("x_bare")) is not None:
+        add("admission: cython <= 1.1x bare-tornado", round(cy["x_bare"], 3), 1.1,
+            cy["x_bare"] <= 1.1 and cy.get("complete"),
+            f"{cy['us_per_subscriber']:.1f} µs per subscriber, N={cy['n']}")
     return out
 
 
@@ -287,6 +310,43 @@ def table(doc):
         for r in recs:
             notes += [f"sweep N={r['params']['n']} {r['contender']}: {n}"
                       for n in r.get("notes", [])]
+    recs = _records(doc, "storm")
+    if recs:
+        p = recs[0]["params"]
+        lines.append("")
+        lines.append(f"storm SSE: N={p['n']} subscribers, {p['rate']} msg/s; every connection "
+                     f"closed by the server (/cut) {p['before']} s in, each reconnects after its "
+                     "retry: hint with Last-Event-ID; times from the cut")
+        lines.append(f"  {'contender':<14}{'last back':>10}{'p50 back':>10}{'server N':>10}"
+                     f"{'back':>12}{'retry ms':>12}{'exact':>7}{'gaps':>6}"
+                     f"{'delivered':>20}{'server CPU':>11}{'client':>8}")
+        for r in recs:
+            if "exact" not in r:
+                lines.append(f"  {r['contender']:<14} not run")
+            else:
+                lines.append(
+                    f"  {r['contender']:<14}{_fmt(r.get('back_last_s'), '.2f'):>9}s"
+                    f"{_fmt(r.get('back_p50_s'), '.2f'):>9}s"
+                    f"{_fmt(r.get('back_server_s'), '.2f'):>9}s"
+                    f"{str(r['reconnected']) + '/' + str(r['n']):>12}"
+                    f"{str(r['retry_ms_min']) + '-' + str(r['retry_ms_max']):>12}"
+                    f"{str(r['exact']):>7}{r['gaps']:>6}{_delivered(r):>20}"
+                    f"{_fmt(r.get('server_cpu_s'), '.2f'):>10}s{_pct(r.get('client_busy')):>8}")
+            notes += [f"storm {r['contender']}: {n}" for n in r.get("notes", [])]
+    recs = _records(doc, "admission")
+    if recs:
+        lines.append("")
+        lines.append(f"admission SSE: N={recs[0]['params']['n']} connections opened in one "
+                     "burst; server CPU per new subscriber, connect-to-headers time")
+        lines.append(f"  {'contender':<14}{'µs/sub':>9}{'x bare':>8}{'head p50 ms':>13}"
+                     f"{'p99 ms':>9}{'max ms':>9}{'answered':>10}")
+        for r in recs:
+            lines.append(
+                f"  {r['contender']:<14}{_fmt(r.get('us_per_subscriber'), '.1f'):>9}"
+                f"{_fmt(r.get('x_bare'), '.2f'):>8}{_fmt(r.get('head_p50_ms'), '.1f'):>13}"
+                f"{_fmt(r.get('head_p99_ms'), '.1f'):>9}{_fmt(r.get('head_max_ms'), '.1f'):>9}"
+                f"{str(r.get('complete', '-')):>10}")
+            notes += [f"admission {r['contender']}: {n}" for n in r.get("notes", [])]
     if doc.get("targets"):
         lines.append("")
         lines.append("targets:")

@@ -4,6 +4,7 @@
     python -m bench                  # the full run (under 20 minutes)
     python -m bench --tiny --contenders python,floor --no-plots   # seconds (the tests)
     python -m bench --scenarios topics-sse,topics-ws               # the market feed only
+    python -m bench --quick --scenarios storm,admission            # reconnection storm
 
 See bench/README.md for what each figure means.
 """
@@ -23,7 +24,7 @@ from bench import report, scenarios
 from bench.harness import RESULTS, BenchError, cpus
 
 SCENARIOS = ["burst-sse", "burst-ws", "per-message-sse", "per-message-ws", "topics-sse",
-             "topics-ws", "latency", "idle", "stalled", "sweep"]
+             "topics-ws", "latency", "idle", "stalled", "sweep", "storm", "admission"]
 
 #: contenders per scenario, in table order
 CONTENDERS = {
@@ -38,6 +39,9 @@ CONTENDERS = {
     "idle": ["cython", "python", "reference", "floor"],
     "stalled": ["cython", "python", "reference"],
     "sweep": ["cython", "python", "reference", "floor"],
+    # the reference has no event ids, so no Last-Event-ID resumption: not run
+    "storm": ["cython", "python"],
+    "admission": ["cython", "python", "bare-tornado"],
 }
 #: contenders run only when named in --contenders (diagnostics)
 OPTIONAL = {
@@ -47,7 +51,7 @@ OPTIONAL = {
 }
 #: contenders fast enough to be run several times (median kept)
 FAST = {"cython", "python", "floor", "floor-msg", "floor-topics", "cython+nodelay",
-        "floor+nodelay", "floor-msg+nodelay"}
+        "floor+nodelay", "floor-msg+nodelay", "bare-tornado"}
 SLOW = {"reference"}
 
 PRESETS = {
@@ -60,6 +64,8 @@ PRESETS = {
         "sweep": {"ns": [100, 300, 1000, 3000, 10000], "cap": 45.0, "slow_ns": None},
         "topics": {"n": 1000, "m": 20000, "topics": 500, "per_conn": 50,
                    "per_iters": [100, 10], "cap": 150.0},
+        "storm": {"n": 5000, "rate": 100, "before": 2.0, "after": 8.0, "cap": 60.0},
+        "admission": {"n": 2000, "repeat": 3},
     },
     "quick": {
         "n": 1000, "m": 1000, "repeat": 1, "cap": 30.0, "settle": 0.3,
@@ -71,6 +77,8 @@ PRESETS = {
         "sweep": {"ns": [100, 1000, 3000], "cap": 4.0, "slow_ns": [100]},
         "topics": {"n": 300, "m": 20000, "topics": 500, "per_conn": 50,
                    "per_iters": [100, 10], "cap": 30.0},
+        "storm": {"n": 1000, "rate": 100, "before": 1.0, "after": 6.0, "cap": 30.0},
+        "admission": {"n": 2000, "repeat": 1},
     },
     "tiny": {
         "n": 10, "m": 20, "repeat": 1, "cap": 20.0, "slow_n": {}, "settle": 0.1,
@@ -81,6 +89,8 @@ PRESETS = {
         "sweep": {"ns": [5, 10], "cap": 20.0, "slow_ns": None},
         "topics": {"n": 10, "m": 1000, "topics": 500, "per_conn": 50,
                    "per_iters": [100, 10], "cap": 20.0},
+        "storm": {"n": 10, "rate": 100, "before": 0.5, "after": 4.0, "cap": 20.0},
+        "admission": {"n": 20, "repeat": 1},
     },
 }
 
@@ -183,6 +193,20 @@ def plan(args):
                 cap = sw["cap"] if c in SLOW else preset["cap"]
                 cases.append(Case("sweep", c, "sse",
                                   {"n": sn, "m": m, "per_iter": min(100, m), "cap": cap}))
+    if "storm" in chosen:
+        st = dict(preset["storm"])
+        if args.n:
+            st["n"] = args.n
+        if wanted is None or "reference" in wanted:
+            skipped.append("storm: no reference: tornadose 0.4.1 sends no event ids, so a "
+                           "reconnection cannot resume (no Last-Event-ID)")
+        for c in contenders("storm"):
+            cases.append(Case("storm", c, "sse", st))
+    if "admission" in chosen:
+        ad = preset["admission"]
+        for c in contenders("admission"):
+            cases.append(Case("admission", c, "sse", {"n": args.n or ad["n"]},
+                              repeat=ad["repeat"] if c in FAST else 1))
     return cases, list(dict.fromkeys(skipped))
 
 
@@ -203,6 +227,11 @@ def run_case(case):
         return scenarios.stalled(case.contender, case.transport, p["stalled"], p["m"],
                                  p["checkpoints"], cap=p["cap"], rate=p["rate"],
                                  chunk=p["chunk"])
+    if case.scenario == "storm":
+        return scenarios.storm(case.contender, p["n"], p["rate"], p["before"], p["after"],
+                               cap=p["cap"])
+    if case.scenario == "admission":
+        return scenarios.admission(case.contender, p["n"])
     raise ValueError(case.scenario)
 
 
@@ -315,6 +344,8 @@ def main(argv=None):
         record["notes"] = case.notes + record.get("notes", [])
         if len(runs) > 1:
             record["repeats_us_per_delivery"] = [r.get("us_per_delivery") for r in runs]
+            if case.scenario == "admission":
+                record["repeats_us_per_subscriber"] = [r.get("us_per_subscriber") for r in runs]
         record.pop("info", None)
         doc["records"].append(record)
     doc["elapsed_s"] = time.monotonic() - t0
@@ -340,7 +371,9 @@ def main(argv=None):
 
 
 def pick_median(runs):
-    """The run with the (lower) median µs per delivery (the first if there is none)."""
-    ok = sorted((r for r in runs if r.get("us_per_delivery") is not None),
-                key=lambda r: r["us_per_delivery"])
+    """The run with the (lower) median µs per delivery, or per subscriber in the
+    admission scenario (the first if there is none)."""
+    key = "us_per_subscriber" if any("us_per_subscriber" in r for r in runs) else \
+        "us_per_delivery"
+    ok = sorted((r for r in runs if r.get(key) is not None), key=lambda r: r[key])
     return dict(ok[(len(ok) - 1) // 2] if ok else runs[0])

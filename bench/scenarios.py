@@ -8,15 +8,23 @@
 * :func:`idle_memory` -- server RSS per idle subscriber.
 * :func:`stalled` -- server RSS while M messages flow past S subscribers that never
   read, and one that does.
+* :func:`storm` -- every SSE subscriber cut at once (``GET /cut``) while messages flow;
+  time until the last is back (reconnected browser-like), and exact resumption.
+* :func:`admission` -- server CPU per new SSE subscriber, N connections in one burst.
 
 Every record says whether every connection got every frame (``complete``), in
 order on the sampled connections (``disorder``), and why not (``notes``).
 """
 
+import json
+import select
 import socket
+import subprocess
+import sys
+import threading
 import time
 
-from bench.harness import BenchError, Session
+from bench.harness import REPO, BenchError, Session, pin
 
 US = 1e6
 
@@ -269,4 +277,183 @@ def bounded(points):
     return end - mid <= max(2 << 20, 0.1 * (mid - rss0))
 
 
-__all__ = ["BenchError", "throughput", "topics", "latency", "idle_memory", "stalled"]
+def _python_client(session, args):
+    """Start bench/stormclient.py (pinned to the client CPU) on ``session``'s server."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench.stormclient", "--port",
+                             str(session.port), *map(str, args)],
+                            cwd=REPO, stdout=subprocess.PIPE, text=True)
+    pin(proc.pid, 1)
+    session.procs.append(proc)
+    return proc
+
+
+def _client_cpu(proc):
+    from bench.harness import cpu_seconds
+    try:
+        return cpu_seconds(proc.pid)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def _percentile(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else None
+
+
+def storm(contender, n, rate, before, after, cap=60.0, size=90):
+    """Every subscriber cut at once while ``rate`` msg/s are published; each reconnects
+    browser-like (after its stream's ``retry:`` hint, with ``Last-Event-ID``).
+
+    Messages are paced for ``before + after`` s; the cut (``GET /cut``: every
+    subscriber's connection closed by the server) comes ``before`` s in. Figures: time
+    from the cut until each subscriber's reconnection was answered ``200`` (client
+    side: last and p50) and until the server counted N subscribers again (``/subscribers``
+    polled every 20 ms); whether every subscriber got every message exactly once, in
+    order, without a ``tornadose-gap`` event (bench/stormclient.py)."""
+    m = int(rate * (before + after))
+    with Session(contender, "sse") as session:
+        client = _python_client(session, ["-n", n, "--expect", m,
+                                          "--timeout", before + after + cap + 60])
+        session.wait_subscribers(n)
+        time.sleep(0.2)
+        paced = {}
+        thread = threading.Thread(target=lambda: paced.update(
+            ok=_get(session, f"/paced?messages={m}&rate={rate}&size={size}",
+                    before + after + cap)), daemon=True)
+        thread.start()
+        time.sleep(before)
+        cpu0, client_cpu0 = session.cpu(), _client_cpu(client)
+        t_cut = time.monotonic()
+        cut = json.loads(session.get("/cut"))["cut"]
+        t_cut_answered = time.monotonic()
+        # the server's count: down (the cut streams unregistered), then back to N
+        dropped = t_back_server = None
+        low = n
+        deadline = t_cut + after + cap
+        while time.monotonic() < deadline:
+            count = int(session.get("/subscribers", 30))
+            now = time.monotonic()
+            low = min(low, count)
+            if dropped is None and count < n:
+                dropped = now
+            if dropped is not None and count >= n:
+                t_back_server = now
+                break
+            if dropped is None and now - t_cut > 1.0:
+                break  # never dropped: reported below
+            time.sleep(0.02)
+        cpu_back = session.cpu() - cpu0
+        t_polled = time.monotonic()
+        thread.join(before + after + cap)
+        report = _wait_report(session, _Reader(client), time.monotonic() + cap)
+        client_cpu = report["cpu_s"] - (client_cpu0 or 0.0) if report else None
+        cpu = session.cpu() - cpu0
+        stats = session.stats() if contender in ("cython", "python") else {}
+        problems = session.problems()
+    notes = []
+    backs = [b for b in report["backs"] if b[0] >= t_cut - 0.001]
+    waits = [head - t_cut for _, _, head in backs]
+    # how long after its hint each reconnection was answered (the server's queue, or
+    # the client's lag), and when the client saw the closes
+    late = [head - closed - (retry_ms or 3000) / 1000 for closed, retry_ms, head in backs]
+    seen = [closed - t_cut for closed, _, _ in backs]
+    record = {"n": n, "m": m, "rate": rate, "before_s": before, "after_s": after,
+              "cut": cut, "cut_answered_s": t_cut_answered - t_cut,
+              "reconnected": report["streams_reconnected"],
+              "reconnections": report["reconnections"],
+              "back_last_s": max(waits) if waits else None,
+              "back_p50_s": _percentile(waits, 0.5),
+              "back_first_s": min(waits) if waits else None,
+              "back_server_s": t_back_server - t_cut if t_back_server else None,
+              "late_p50_s": _percentile(late, 0.5), "late_max_s": max(late) if late else None,
+              "close_seen_last_s": max(seen) if seen else None,
+              "subscribers_low": low,
+              "retry_ms_min": report["retry_ms_min"], "retry_ms_max": report["retry_ms_max"],
+              "complete": report["complete"], "exact": report["exact"],
+              "gaps": report["gaps"], "disorder": report["disorder"],
+              "frames_min": report["frames_min"], "frames_max": report["frames_max"],
+              "delivered": report["total"], "expected": n * m,
+              "errors": report["error_count"],
+              "server_cpu_s": cpu, "server_cpu_until_back_s": cpu_back,
+              # the server's CPU share from the cut until its count was back (1.0: saturated)
+              "server_busy_until_back": cpu_back / (t_polled - t_cut),
+              "client_cpu_s": client_cpu,
+              "client_busy": client_cpu / (after + before) if client_cpu is not None else None,
+              "server_stats": stats, "server_log_problems": problems, "info": session.info,
+              "notes": notes}
+    if cut != n:
+        notes.append(f"/cut closed {cut} of {n} subscribers")
+    if dropped is None:
+        notes.append("the server's subscriber count never dropped after the cut")
+    if report["streams_reconnected"] != n:
+        notes.append(f"{report['streams_reconnected']} of {n} subscribers reconnected")
+    if report["reconnections"] != report["streams_reconnected"]:
+        notes.append(f"{report['reconnections']} reconnections for "
+                     f"{report['streams_reconnected']} subscribers (cut more than once)")
+    if not report["exact"]:
+        notes.append(f"not exact: {report['gaps']} gap events, {report['disorder']} reads out "
+                     f"of sequence, frames per subscriber {report['frames_min']}.."
+                     f"{report['frames_max']} of {m}")
+    if report["error_count"]:
+        notes.append(f"{report['error_count']} errors: {'; '.join(report['errors'])}")
+    if not paced.get("ok"):
+        notes.append("the paced publisher did not finish in time")
+    return record
+
+
+class _Reader:
+    """The storm client's JSON report, like harness.Client.report."""
+
+    def __init__(self, proc):
+        self.proc = proc
+
+    def report(self, wait):
+        try:
+            out, _ = self.proc.communicate(timeout=max(0.5, wait))
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            out, _ = self.proc.communicate(timeout=60)
+        if self.proc.returncode != 0 or not out:
+            raise BenchError(f"storm client failed with exit code {self.proc.returncode}")
+        return json.loads(out)
+
+
+def admission(contender, n, cap=60.0):
+    """Server CPU per new SSE subscriber: N connections opened in one burst
+    (bench/stormclient.py --admission), server CPU from before the burst until every
+    head arrived and the server counts N subscribers, divided by N."""
+    with Session(contender, "sse") as session:
+        time.sleep(0.3)
+        cpu0 = session.cpu()
+        client = _python_client(session, ["-n", n, "--admission", "--hold",
+                                          "--timeout", cap])
+        ready, _, _ = select.select([client.stdout], [], [], cap + 30)
+        if not ready:
+            raise BenchError(f"admission: no report from the client within {cap + 30} s")
+        line = client.stdout.readline()
+        if not line:
+            raise BenchError(f"admission: the client exited with {client.wait(5)}")
+        report = json.loads(line)
+        session.wait_subscribers(n, timeout=cap)
+        cpu = session.cpu() - cpu0
+        t_done = time.monotonic()
+        client_cpu = _client_cpu(client)
+        problems = session.problems()
+    notes = []
+    if report["error_count"]:
+        notes.append(f"{report['error_count']} errors: {'; '.join(report['errors'])}")
+    if not report["complete"]:
+        notes.append(f"{report['answered']} of {n} heads")
+    wall = (report["t_last_head"] - report["t_first"]) if report["t_last_head"] else None
+    return {"n": n, "server_cpu_s": cpu, "us_per_subscriber": cpu / n * US,
+            "head_p50_ms": report["head_p50_s"] * 1e3 if report["head_p50_s"] else None,
+            "head_p99_ms": report["head_p99_s"] * 1e3 if report["head_p99_s"] else None,
+            "head_max_ms": report["head_max_s"] * 1e3 if report["head_max_s"] else None,
+            "burst_s": wall, "registered_s": t_done - report["t_first"],
+            "complete": report["complete"] and not report["error_count"],
+            "errors": report["error_count"], "client_cpu_s": client_cpu,
+            "server_log_problems": problems, "info": session.info, "notes": notes}
+
+
+__all__ = ["BenchError", "throughput", "topics", "latency", "idle_memory", "stalled",
+           "storm", "admission"]

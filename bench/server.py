@@ -22,6 +22,8 @@ server (:mod:`bench.floor`, :mod:`bench.wsbroadcast`):
 * ``GET /burst?messages=M&per_iter=K&size=S&start=SEQ&rate=R``: submits M messages
   of S characters, K per event-loop iteration (at most R per second if given), and
   answers once all are submitted.
+* ``GET /cut``: closes every subscriber's connection server-side (its IOStream) at
+  once, a server blip (the ``storm`` scenario); answers how many it closed.
 * ``GET /paced?messages=M&rate=R&size=S``: submits M messages on a schedule of
   R per second; a message late on its schedule is submitted as soon as the loop
   gets to it, together with any others then due, and carries its *scheduled*
@@ -162,6 +164,22 @@ class BurstHandler(ControlHandler):
         self.write({"submitted": messages})
 
 
+class CutHandler(ControlHandler):
+    """Close every subscriber's connection at once, server-side (storm scenario)."""
+
+    def get(self):
+        if self.registry is not None:
+            raise tornado.web.HTTPError(404, "no /cut in topics mode")
+        cut = 0
+        for handler in list(self.store.subscribers):
+            connection = getattr(handler.request, "connection", None)
+            stream = getattr(connection, "stream", None)
+            if stream is not None and not stream.closed():
+                stream.close()
+                cut += 1
+        self.write({"cut": cut})
+
+
 class PacedHandler(ControlHandler):
     async def get(self):
         messages = int(self.get_argument("messages"))
@@ -231,6 +249,7 @@ async def serve(port: int, transport: str, capacity: int, nodelay: bool = False,
             (r"/stats", StatsHandler, control),
             (r"/burst", BurstHandler, control),
             (r"/paced", PacedHandler, control),
+            (r"/cut", CutHandler, control),
         ]
     )
     server = (NoDelayHTTPServer if nodelay else tornado.httpserver.HTTPServer)(app)

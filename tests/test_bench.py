@@ -30,7 +30,7 @@ def tiny_run(tmp_path_factory):
     env.pop("TORNADOSE_NO_EXTENSIONS", None)
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--tiny", "--contenders",
-         "python,floor,floor-msg,floor-topics",
+         "python,floor,floor-msg,floor-topics,bare-tornado",
          "--out", str(out), "--no-plots", "--no-progress"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
     )
@@ -46,7 +46,8 @@ def _records(doc, scenario, **match):
 def test_every_scenario_ran(tiny_run):
     doc, _ = tiny_run
     assert {r["scenario"] for r in doc["records"]} == {
-        "burst", "per-message", "topics", "latency", "idle", "stalled", "sweep"}
+        "burst", "per-message", "topics", "latency", "idle", "stalled", "sweep", "storm",
+        "admission"}
     assert not [r for r in doc["records"] if "error" in r]
 
 
@@ -242,6 +243,87 @@ def test_sweep_and_output(tiny_run):
             "python", "floor"}
     assert "burst SSE" in stdout and "sweep" in stdout and "targets:" not in doc["table"][:10]
     assert doc["machine"]["cpus_usable"] >= 1
+
+
+def test_storm_figures(tiny_run):
+    """Every subscriber cut by the server, back after its retry: hint, resumed exactly."""
+    doc, stdout = tiny_run
+    (r,) = _records(doc, "storm")
+    assert r["contender"] == "python"
+    n, m = r["params"]["n"], r["m"]
+    assert r["cut"] == n and r["reconnected"] == r["reconnections"] == n
+    assert r["complete"] and r["exact"], r["notes"]
+    assert r["gaps"] == 0 and r["disorder"] == 0 and r["errors"] == 0
+    assert r["frames_min"] == r["frames_max"] == m and r["delivered"] == n * m
+    # the server's default hint, 2000 ms jittered by +-50%, and waited for
+    assert 1000 <= r["retry_ms_min"] <= r["retry_ms_max"] <= 3000
+    assert r["retry_ms_min"] / 1000 <= r["back_p50_s"] <= r["back_last_s"]
+    assert r["back_server_s"] is not None and r["subscribers_low"] < n
+    assert r["server_stats"]["resumed"] == n and r["server_stats"]["gaps"] == 0
+    assert "storm SSE" in stdout
+    assert not any(t["target"].startswith("storm") for t in doc["targets"])  # no cython
+
+
+def test_admission_figures(tiny_run):
+    doc, stdout = tiny_run
+    by = {r["contender"]: r for r in _records(doc, "admission")}
+    assert set(by) == {"python", "bare-tornado"}
+    for r in by.values():
+        assert r["complete"], r["notes"]
+        assert r["us_per_subscriber"] > 0 and r["head_p50_ms"] <= r["head_max_ms"]
+    assert by["bare-tornado"]["x_bare"] == pytest.approx(1.0)
+    assert by["python"]["x_bare"] > 0
+    assert "admission SSE" in stdout
+
+
+def test_storm_client_check():
+    """The storm client's per-subscriber check: ids, retry hint, gaps, order."""
+    from bench import stormclient
+
+    def chunk(events):
+        body = b"".join(events)
+        return b"%x\r\n%s\r\n" % (len(body), body)
+
+    def event(seq, gap=False):
+        if gap:
+            return b"id: a-%d\nevent: tornadose-gap\ndata: {}\n\n" % seq
+        return b"id: a-%d\ndata: %08d @1@ xx\n\n" % (seq, seq)
+
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    s = stormclient.Stream(0)
+    data = head + chunk([b"retry: 1500\n\n"]) + chunk([event(0), event(1)]) + chunk([event(2)])
+    s.feed(data[:70], 1.0)  # split anywhere
+    s.feed(data[70:-9], 1.0)
+    s.feed(data[-9:], 1.0)
+    assert (s.frames, s.next_seq, s.last_id, s.retry_ms, s.disorder) == (3, 3, "a-2", 1500, 0)
+    assert b"Last-Event-ID: a-2\r\n" in s.request(1)
+    s.in_body, s.reconnecting, s.closed_at = False, True, 2.0
+    s.feed(head + chunk([b"retry: 2500\n\n", event(3)]), 4.0)
+    assert s.backs == [(2.0, 1500, 4.0)] and s.retry_ms == 2500 and s.disorder == 0
+    s.feed(chunk([event(5)]), 4.1)  # 4 missing
+    assert s.disorder == 1
+    s.feed(chunk([event(6), event(6)]), 4.2)  # a duplicate
+    assert s.disorder == 2
+    s.feed(chunk([event(7, gap=True)]), 4.3)
+    assert s.gaps == 1
+
+
+def test_storm_and_admission_plan():
+    from bench import run
+
+    args = run.argparse.Namespace(preset="full", n=None, m=None, contenders=None,
+                                  scenarios="storm,admission")
+    cases, skipped = run.plan(args)
+    assert {(c.scenario, c.contender) for c in cases} == {
+        ("storm", "cython"), ("storm", "python"), ("admission", "cython"),
+        ("admission", "python"), ("admission", "bare-tornado")}
+    assert {c.params["n"] for c in cases if c.scenario == "storm"} == {5000}
+    assert {c.params["rate"] for c in cases if c.scenario == "storm"} == {100}
+    assert {c.params["n"] for c in cases if c.scenario == "admission"} == {2000}
+    assert any("storm: no reference" in note for note in skipped)
+    args.preset = "quick"
+    cases, _ = run.plan(args)
+    assert {c.params["n"] for c in cases if c.scenario == "storm"} == {1000}
 
 
 def test_plots_are_optional(tiny_run, tmp_path):
