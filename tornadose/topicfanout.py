@@ -24,7 +24,7 @@ from tornado.iostream import StreamClosedError
 from ._drain import drained, timed_out, wait_for_drain
 from ._fanout_py import _chunk
 from .fanout import FORMAT_SSE_CHUNKED, FORMAT_WS, TopicFanoutCore, TopicSink
-from .ring import TopicRing, TopicState
+from .ring import TopicState
 
 __all__ = ["TopicFanout", "TopicSink"]
 
@@ -36,9 +36,6 @@ class TopicFanout(TopicFanoutCore):
     queue topic. ``write_timeout`` (seconds, 0: never) drops a connection whose socket
     stays full that long.
     """
-
-    def __init__(self, ring: TopicRing, conflate: bool, write_timeout: float = 0.0) -> None:
-        super().__init__(ring, conflate, write_timeout)
 
     # -- the set of connections ------------------------------------------------------
 
@@ -140,20 +137,11 @@ class TopicFanout(TopicFanoutCore):
         flushed = self.flushed
         ws = sink.format == FORMAT_WS
         if self.conflate:
-            # Only each topic's newest value, and only when the flush pass will not
-            # bring a newer one anyway.
-            newest = sorted(
-                (
-                    t
-                    for t in sink.topics
-                    if cursor <= t.last_seq < flushed and t.last_sse is not None
-                ),
-                key=lambda t: t.last_seq,
-            )
+            newest = self._newest(sink.topics, cursor, ws)
             # What it was not sent while behind, and will never be: the conflated.
             self.conflated += max(0, sink.skipped - len(newest))
             sink.skipped = 0
-            return [t.last_ws if ws else t.last_sse for t in newest]  # type: ignore[misc]
+            return newest
         if cursor < ring.tail and self.lost(sink.topics, cursor):
             self._drop_lapped(sink)
             return None
@@ -174,9 +162,14 @@ class TopicFanout(TopicFanoutCore):
     def snapshot(self, topics: Iterable[TopicState], ws: bool) -> list[bytes]:
         """The current values of ``topics`` that the next flush will not bring, oldest
         first: what a new latest-value subscription gets at once."""
+        return self._newest(topics, 0, ws)
+
+    def _newest(self, topics: Iterable[TopicState], cursor: int, ws: bool) -> list[bytes]:
+        # Each topic's current value set at or after ``cursor``, oldest first, unless the
+        # flush pass will bring a newer one anyway.
         flushed = self.flushed
         current = sorted(
-            (t for t in topics if t.last_sse is not None and t.last_seq < flushed),
+            (t for t in topics if cursor <= t.last_seq < flushed and t.last_sse is not None),
             key=lambda t: t.last_seq,
         )
         return [t.last_ws if ws else t.last_sse for t in current]  # type: ignore[misc]

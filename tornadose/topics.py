@@ -551,7 +551,6 @@ class TopicRegistry:
         in ``_tornadose_topics``, from where its ``_tornadose_last_event_id`` says
         (see the module's documentation), after a gap notice when there is one."""
         sink: TopicSink = handler._tornadose_sink
-        states = [topic._state for topic in handler._tornadose_topics]
         last_event_id = handler._tornadose_last_event_id
         try:
             self._loop = asyncio.get_running_loop()
@@ -563,6 +562,7 @@ class TopicRegistry:
             # connection through _TopicStreamLog._start_sink.
             self._log.register(handler)
             return
+        states = [topic._state for topic in handler._tornadose_topics]
         cursor, gap, live_from = self._start(states, last_event_id)
         if gap is not None:
             self._gaps += 1
