@@ -97,8 +97,9 @@ class DemoServer:
         self.proc = None
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
+def launched_chromium() -> Iterator[object]:
+    """Debian's Chromium, headless, through Playwright's sync API (skipped, or failed
+    under TORNADOSE_REQUIRE_BROWSER, when either is missing); closed afterwards."""
     executable = find_chromium()
     if executable is None:
         unavailable("no Chromium: apt-get install chromium (or set TORNADOSE_CHROMIUM)")
@@ -112,6 +113,11 @@ def browser() -> Iterator[object]:
         )
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    yield from launched_chromium()
 
 
 @pytest.fixture

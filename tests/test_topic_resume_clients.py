@@ -41,7 +41,7 @@ from tornadose.handlers import TopicEventSource, TopicWebSocketSubscriber
 from tornadose.stores import GAP_EVENT, QueueStore
 from tornadose.topics import TopicRegistry
 
-from .test_browser import CHROMIUM_ARGS, find_chromium, unavailable
+from .test_browser import launched_chromium
 
 SUBSCRIBED = ["T0", "T1", "T2", "T3", "T4"]
 OTHER = "T5"  # published to, never subscribed
@@ -188,6 +188,18 @@ def reconnected(n: int) -> Callable[[Feed], bool]:
 
 def connected(feed: Feed, n: int) -> Callable[[], bool]:
     return lambda: reconnected(n)(feed)
+
+
+async def received_all(feed: Feed, got: list) -> None:
+    """Stop publishing, then give the client time to receive everything (and anything
+    extra, a duplicate, time to arrive); the checks afterwards say what is missing."""
+    await feed.stop_publishing()
+    expected = len(feed.expected())
+    try:
+        await wait_until(lambda: len(got) >= expected, "every message", timeout=10)
+    except AssertionError:
+        pass
+    await asyncio.sleep(0.3)
 
 
 async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
@@ -337,19 +349,7 @@ class ServerThread:
 def chromium() -> Iterator[Any]:
     # Function-scoped: while Playwright's sync API is started, the thread has a running
     # event loop, and the async tests of this module could not run their own.
-    executable = find_chromium()
-    if executable is None:
-        unavailable("no Chromium: apt-get install chromium (or set TORNADOSE_CHROMIUM)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        unavailable("Playwright's Python package is not installed: pip install playwright")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=executable, headless=True, args=CHROMIUM_ARGS
-        )
-        yield browser
-        browser.close()
+    yield from launched_chromium()
 
 
 @pytest.fixture
@@ -442,13 +442,7 @@ async def test_requests_sse_resumes_five_topics_after_two_cuts(serve):
             assert feed.cut(rst) == 1
             await wait_until(connected(feed, n), f"the client to reconnect by itself ({n - 1})")
         await asyncio.sleep(PHASE)
-        await feed.stop_publishing()
-        expected = len(feed.expected())
-        try:
-            await wait_until(lambda: len(got) >= expected, "every message", timeout=10)
-        except AssertionError:
-            pass  # the checks below say what is missing
-        await asyncio.sleep(0.3)  # anything extra (a duplicate) would have arrived by now
+        await received_all(feed, got)
     finally:
         await feed.stop_publishing()
         done.set()
@@ -517,13 +511,7 @@ async def test_websockets_client_resumes_five_topics_after_two_cuts(serve):
             await wait_until(connected(feed, n), f"the client to reconnect ({n - 1})")
             await wait_until(lambda n=n: opened[0] == n, "the client to see it open")
         await asyncio.sleep(PHASE)
-        await feed.stop_publishing()
-        expected = len(feed.expected())
-        try:
-            await wait_until(lambda: len(got) >= expected, "every message", timeout=10)
-        except AssertionError:
-            pass  # the checks below say what is missing
-        await asyncio.sleep(0.3)  # anything extra (a duplicate) would have arrived by now
+        await received_all(feed, got)
     finally:
         await feed.stop_publishing()
         done.set()
