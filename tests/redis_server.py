@@ -11,13 +11,19 @@ by silently skipping them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -141,3 +147,76 @@ def redis_server(redis_py: None, tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+# -- the multi-process recipe (tests/servers/redis_stream_server.py) --------------------
+
+STREAM_SERVER = Path(__file__).parent / "servers" / "redis_stream_server.py"
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (an exited orphan nobody reaped yet does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+@contextlib.asynccontextmanager
+async def stream_workers(
+    redis_port: int, *args: str, processes: int = 2
+) -> AsyncIterator[SimpleNamespace]:
+    """``processes`` workers of the multi-process recipe on one free port, reading the
+    Redis at ``redis_port`` (``args``: more of its options, e.g. ``--topics``). Yields
+    ``port`` and the workers' ``pids`` once all are ready; afterwards stops them and
+    checks that none outlived the parent and that nothing printed a traceback."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(STREAM_SERVER),
+        "--port",
+        str(port),
+        "--processes",
+        str(processes),
+        "--redis-port",
+        str(redis_port),
+        *args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    pids: set[int] = set()
+    try:
+        for _ in range(processes):
+            line = await asyncio.wait_for(proc.stdout.readline(), 15)
+            assert line.startswith(b"ready "), (line, await proc.stderr.read())
+            pids.add(int(line.split()[1]))
+        yield SimpleNamespace(port=port, pids=pids)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()  # the parent; its workers end with it
+        _, stderr = await asyncio.wait_for(proc.communicate(), 15)
+        await asyncio.sleep(0.2)
+        outlived = [pid for pid in pids if running(pid)]
+        for pid in outlived:
+            os.kill(pid, signal.SIGKILL)
+    assert not outlived, f"workers {outlived} outlived the parent"
+    assert b"Traceback" not in stderr, stderr.decode()
+
+
+async def connect_to_worker(
+    port: int, path: str, last_event_id: str | None = None, other_than: int | None = None
+) -> Any:
+    """A RawSSEClient on ``path`` of a worker of :func:`stream_workers`, with a
+    Last-Event-ID when given, on another worker than pid ``other_than`` (the kernel
+    chooses: connect again until it lands elsewhere)."""
+    from .sseclient import RawSSEClient
+
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else None
+    for _ in range(100):
+        client = await RawSSEClient.connect("127.0.0.1", port, path, headers=headers)
+        if int(client.headers["x-worker-pid"]) != other_than:
+            return client
+        client.close_fin()
+    raise AssertionError("every connection landed on the same worker")

@@ -10,31 +10,26 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import quote
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient
-from tornado.testing import bind_unused_port
 
 from tornadose.handlers import EventSource, WebSocketSubscriber
 from tornadose.stores import GAP_EVENT, RedisStreamStore
 
 from . import redis_server as fixtures
 from .helpers import LibWS, TornadoWS, wait_until
-from .redis_server import RedisServer, free_port
+from .redis_server import RedisServer, connect_to_worker, free_port, stream_workers
 from .sseclient import RawSSEClient
 
 # The fixtures this module uses, from tests/redis_server.py.
 redis_py, redis_server = fixtures.redis_py, fixtures.redis_server
 
-SERVER = Path(__file__).parent / "servers" / "redis_stream_server.py"
 
 
 def routes(store):
@@ -548,46 +543,12 @@ async def test_shutdown_then_start_again_resumes_from_the_last_id(redis_server):
 # -- the multi-process recipe ---------------------------------------------------------------
 
 
-def running(pid: int) -> bool:
-    """Whether ``pid`` runs (an exited orphan nobody reaped yet does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-
-
 async def test_n_processes_on_one_port_resume_on_any_of_them(redis_server):  # noqa: F811
-    sock, port = bind_unused_port()
-    sock.close()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(SERVER),
-        "--port",
-        str(port),
-        "--processes",
-        "2",
-        "--redis-port",
-        str(redis_server.port),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        pids = set()
-        for _ in range(2):
-            line = await asyncio.wait_for(proc.stdout.readline(), 15)
-            assert line.startswith(b"ready "), (line, await proc.stderr.read())
-            pids.add(int(line.split()[1]))
+    async with stream_workers(redis_server.port) as workers:
+        port, pids = workers.port, workers.pids
 
         async def connect(last_event_id=None, other_than=None) -> RawSSEClient:
-            headers = {"Last-Event-ID": last_event_id} if last_event_id else None
-            for _ in range(100):
-                client = await RawSSEClient.connect("127.0.0.1", port, "/sse", headers=headers)
-                if int(client.headers["x-worker-pid"]) != other_than:
-                    return client
-                client.close_fin()
-            raise AssertionError("every connection landed on the same worker")
+            return await connect_to_worker(port, "/sse", last_event_id, other_than)
 
         first = await connect()
         first_pid = int(first.headers["x-worker-pid"])
@@ -620,13 +581,3 @@ async def test_n_processes_on_one_port_resume_on_any_of_them(redis_server):  # n
         await ws.close()
         for client in (second, resumed):
             client.close_fin()
-    finally:
-        if proc.returncode is None:
-            proc.terminate()  # the parent; its workers end with it
-        _, stderr = await asyncio.wait_for(proc.communicate(), 15)
-        await asyncio.sleep(0.2)
-        for pid in pids:
-            if running(pid):
-                os.kill(pid, signal.SIGKILL)
-                raise AssertionError(f"worker {pid} outlived the parent")
-    assert b"Traceback" not in stderr, stderr.decode()

@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import quote
 
 import pytest
-from tornado.testing import bind_unused_port
 
 from tornadose.handlers import TopicEventSource, TopicWebSocketSubscriber
 from tornadose.stores import GAP_EVENT, RedisStreamStore
@@ -26,12 +22,11 @@ from tornadose.topics import TopicRegistry
 
 from . import redis_server as fixtures
 from .helpers import LibWS, wait_until
-from .redis_server import RedisServer
+from .redis_server import RedisServer, connect_to_worker, stream_workers
 from .sseclient import RawSSEClient
 
 redis_py, redis_server = fixtures.redis_py, fixtures.redis_server
 
-SERVER = Path(__file__).parent / "servers" / "redis_stream_server.py"
 TOPICS = ["T0", "T1", "T2", "T3", "T4"]
 MINE = "T0,T2,T3"
 
@@ -216,41 +211,11 @@ async def test_an_id_redis_no_longer_holds_gets_one_gap_notice_naming_the_topics
 
 
 async def test_two_worker_processes_on_one_port_resume_on_either(redis_server):  # noqa: F811
-    sock, port = bind_unused_port()
-    sock.close()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(SERVER),
-        "--port",
-        str(port),
-        "--processes",
-        "2",
-        "--redis-port",
-        str(redis_server.port),
-        "--topics",
-        "--stream",
-        "workers",
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        pids = set()
-        for _ in range(2):
-            line = await asyncio.wait_for(proc.stdout.readline(), 15)
-            assert line.startswith(b"ready "), (line, await proc.stderr.read())
-            pids.add(int(line.split()[1]))
+    async with stream_workers(redis_server.port, "--topics", "--stream", "workers") as workers:
+        port, pids = workers.port, workers.pids
 
         async def connect(last_event_id=None, other_than=None) -> RawSSEClient:
-            headers = {"Last-Event-ID": last_event_id} if last_event_id else None
-            for _ in range(100):
-                client = await RawSSEClient.connect(
-                    "127.0.0.1", port, f"/sse?topics={MINE}", headers=headers
-                )
-                if int(client.headers["x-worker-pid"]) != other_than:
-                    return client
-                client.close_fin()
-            raise AssertionError("every connection landed on the same worker")
+            return await connect_to_worker(port, f"/sse?topics={MINE}", last_event_id, other_than)
 
         first = await connect()
         first_pid = int(first.headers["x-worker-pid"])
@@ -266,8 +231,3 @@ async def test_two_worker_processes_on_one_port_resume_on_either(redis_server): 
         assert [e.data for e in seen] == mine
         assert all(e.type != GAP_EVENT for e in seen)
         resumed.close_fin()
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        _, stderr = await asyncio.wait_for(proc.communicate(), 15)
-    assert b"Traceback" not in stderr, stderr.decode()
