@@ -385,6 +385,32 @@ async def test_retry_hints_are_spread_within_the_jitter(serve, jitter):
         assert set(hints) == {2000}
 
 
+async def test_idle_streams_share_one_heartbeat_timer(serve):
+    """A new subscriber adds no timer of its own to the loop: streams of the same
+    interval share one wheel, whose timer stops when the last of them goes."""
+    from tornadose import _heartbeat
+
+    store = QueueStore()
+    port = await serve(routes(store, heartbeat_interval=0.04))
+    loop = asyncio.get_running_loop()
+    def timers() -> int:  # live handles in asyncio's own timer heap
+        return sum(not handle.cancelled() for handle in loop._scheduled)
+
+    timers_before = timers()
+    clients = [await RawSSEClient.connect("127.0.0.1", port, "/sse") for _ in range(40)]
+    await wait_until(lambda: len(store.subscribers) == 40)
+    wheel = _heartbeat.wheel(0.04)
+    assert len(wheel) == 40
+    assert timers() <= timers_before + 2, "a timer per subscriber"
+    await asyncio.sleep(0.25)
+    store.submit("x")
+    for client in clients:
+        await client.read_events(1)
+        assert client.comments >= 2, "an idle stream got no heartbeats"
+        client.close_fin()
+    await wait_until(lambda: len(wheel) == 0 and wheel._timer is None, what="wheel emptied")
+
+
 async def test_heartbeat_setting_from_the_application(serve):
     store = QueueStore()
     port = await serve(routes(store), sse_heartbeat_interval=0.05, sse_retry=0)

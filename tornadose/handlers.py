@@ -21,17 +21,18 @@ import inspect
 import logging
 import random
 import resource
+import socket
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
 from tornado.web import RequestHandler
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from . import stores
+from . import _heartbeat, stores
 from .fanout import FORMAT_SSE, FORMAT_SSE_CHUNKED, FORMAT_WS, Sink
 from .frames import encode_message, sse_event, ws_data_body, ws_text_frame
 from .topicfanout import TopicSink
@@ -74,6 +75,8 @@ DEFAULT_FD_HEADROOM = 32
 # connection (code 1009) unless ``websocket_max_message_size`` says otherwise.
 DEFAULT_WS_MAX_INCOMING = 64 * 1024
 _HEARTBEAT = b":\n"
+# (handler class, base, method names) -> whether the class overrides one of them.
+_OVERRIDES: dict[tuple[type, type, tuple[str, ...]], bool] = {}
 
 
 class BaseHandler(RequestHandler):
@@ -221,7 +224,7 @@ class BaseHandler(RequestHandler):
         sock = getattr(stream, "socket", None)
         if sock is None:
             return False
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        soft = _open_files_limit()
         if soft == resource.RLIM_INFINITY:
             return False
         headroom = self.settings.get("tornadose_fd_headroom")
@@ -239,7 +242,7 @@ class BaseHandler(RequestHandler):
         # ``last_event_id`` query parameter sends its newer id in the header. An empty
         # id means "none", as in the SSE spec.
         header = self.request.headers.get("Last-Event-ID")
-        if header is None:
+        if header is None and "last_event_id" in self.request.query_arguments:
             header = self.get_query_argument("last_event_id", None, strip=False)
         return header or None
 
@@ -278,15 +281,23 @@ class BaseHandler(RequestHandler):
     def _set_nodelay(self, stream: Any) -> None:
         # Writes are coalesced here, one per connection per loop turn: Nagle's
         # algorithm would only hold them back for the client's delayed ACK.
-        if self.settings.get("tornadose_tcp_nodelay", True):
+        if self.settings.get("tornadose_tcp_nodelay", True) and stream.socket is not None:
             try:
-                stream.set_nodelay(True)
+                # Straight to the socket: IOStream.set_nodelay first asks for the
+                # socket's family, which costs more than this call.
+                stream.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
-                pass  # the client is already gone; its close callback cleans up
+                pass  # the client is gone, or not a TCP socket (a Unix socket)
 
     def _overrides(self, base: type, *names: str) -> bool:
         cls = type(self)
-        return any(getattr(cls, name) is not getattr(base, name) for name in names)
+        key = (cls, base, names)
+        found = _OVERRIDES.get(key)
+        if found is None:
+            found = _OVERRIDES[key] = any(
+                getattr(cls, name) is not getattr(base, name) for name in names
+            )
+        return found
 
 
 class EventSource(BaseHandler):
@@ -322,7 +333,8 @@ class EventSource(BaseHandler):
         self._done: asyncio.Future[None] | None = None
         self._heartbeat_interval = heartbeat_interval
         self._retry = retry
-        self._heartbeat_timer: object | None = None
+        self._heartbeat_wheel: _heartbeat.HeartbeatWheel | None = None
+        self._heartbeat_slot = 0
 
     def prepare(self) -> None:
         self._reserve()
@@ -395,9 +407,9 @@ class EventSource(BaseHandler):
         self._resolve()
 
     def _resolve(self) -> None:
-        if self._heartbeat_timer is not None:
-            IOLoop.current().remove_timeout(self._heartbeat_timer)
-            self._heartbeat_timer = None
+        if self._heartbeat_wheel is not None:
+            self._heartbeat_wheel.discard(self, self._heartbeat_slot)
+            self._heartbeat_wheel = None
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
 
@@ -406,20 +418,23 @@ class EventSource(BaseHandler):
         if interval is None:
             interval = self.settings.get("sse_heartbeat_interval", DEFAULT_SSE_HEARTBEAT_INTERVAL)
         if interval:
-            self._heartbeat_timer = IOLoop.current().call_later(interval, self._heartbeat, interval)
+            # Counts as written: the first beat comes after a whole interval of silence.
+            for _, subscriber in self._targets:
+                subscriber._tornadose_sink.written = True
+            self._heartbeat_wheel = _heartbeat.wheel(interval)
+            self._heartbeat_slot = self._heartbeat_wheel.add(self)
 
-    def _heartbeat(self, interval: float) -> None:
+    def _heartbeat_visit(self) -> None:
         if not self._targets or self._done is None or self._done.done():
             return
         sinks = [subscriber._tornadose_sink for _, subscriber in self._targets]
-        # Only idle streams need it: anything written since the last beat, or still
+        # Only idle streams need it: anything written since the last visit, or still
         # queued, already tells the proxy the stream is alive. Every target writes to
         # the same stream, so one beat through the first serves them all.
         if not any(sink.written for sink in sinks) and not sinks[0].stream.writing():
             self._targets[0][0]._write_extra(sinks[0], _HEARTBEAT, None)  # type: ignore[attr-defined]
         for sink in sinks:
             sink.written = False
-        self._heartbeat_timer = IOLoop.current().call_later(interval, self._heartbeat, interval)
 
 
 class WebSocketSubscriber(BaseHandler, WebSocketHandler):
@@ -688,6 +703,20 @@ class TopicWebSocketSubscriber(_TopicHandler, WebSocketSubscriber):
                 self.write_message(frame[_ws_header_size(frame):])
             except WebSocketClosedError:
                 pass
+
+
+_limit_cache = [0.0, 0]  # [when read, RLIMIT_NOFILE soft limit]
+
+
+def _open_files_limit() -> int:
+    """The soft ``RLIMIT_NOFILE``, read from the kernel at most once a second: every
+    new subscriber checks it, and a change (``setrlimit``) is rare and need not be seen
+    at once."""
+    now = time.monotonic()
+    if now - _limit_cache[0] >= 1.0:
+        _limit_cache[0] = now
+        _limit_cache[1] = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return _limit_cache[1]
 
 
 def _valid(name: str) -> bool:
