@@ -5,6 +5,7 @@
     python -m bench --tiny --contenders python,floor --no-plots   # seconds (the tests)
     python -m bench --scenarios topics-sse,topics-ws               # the market feed only
     python -m bench --quick --scenarios storm,admission            # reconnection storm
+    python -m bench --scenarios soak                               # 60 s of churn
 
 See bench/README.md for what each figure means.
 """
@@ -24,13 +25,14 @@ from bench import report, scenarios
 from bench.harness import RESULTS, BenchError, cpus
 
 SCENARIOS = ["burst-sse", "burst-ws", "per-message-sse", "per-message-ws", "topics-sse",
-             "topics-ws", "latency", "idle", "stalled", "sweep", "storm", "admission"]
+             "topics-ws", "latency", "idle", "stalled", "sweep", "storm", "admission",
+             "soak"]
 
 #: contenders per scenario, in table order
 CONTENDERS = {
     # +nodelay floors: the same sockets as the subscribers' (TCP_NODELAY on), like for like
-    "burst": ["cython", "python", "reference", "floor", "floor+nodelay", "floor-msg",
-              "websockets"],
+    "burst": ["cython", "cython+metrics", "python", "reference", "floor", "floor+nodelay",
+              "floor-msg", "websockets"],
     "per-message": ["cython", "python", "reference", "floor-msg", "floor-msg+nodelay",
                     "websockets"],
     # the reference (tornadose 0.4.1) has no topics
@@ -42,6 +44,7 @@ CONTENDERS = {
     # the reference has no event ids, so no Last-Event-ID resumption: not run
     "storm": ["cython", "python"],
     "admission": ["cython", "python", "bare-tornado"],
+    "soak": ["cython", "python"],
 }
 #: contenders run only when named in --contenders (diagnostics)
 OPTIONAL = {
@@ -50,7 +53,7 @@ OPTIONAL = {
     "latency": ["cython+nodelay"],
 }
 #: contenders fast enough to be run several times (median kept)
-FAST = {"cython", "python", "floor", "floor-msg", "floor-topics", "cython+nodelay",
+FAST = {"cython", "cython+metrics", "python", "floor", "floor-msg", "floor-topics", "cython+nodelay",
         "floor+nodelay", "floor-msg+nodelay", "bare-tornado"}
 SLOW = {"reference"}
 
@@ -66,6 +69,7 @@ PRESETS = {
                    "per_iters": [100, 10], "cap": 150.0},
         "storm": {"n": 5000, "rate": 100, "before": 2.0, "after": 8.0, "cap": 60.0},
         "admission": {"n": 2000, "repeat": 3},
+        "soak": {"n": 1000, "rate": 500, "churn": 200, "duration": 60.0},
     },
     "quick": {
         "n": 1000, "m": 1000, "repeat": 1, "cap": 30.0, "settle": 0.3,
@@ -79,6 +83,7 @@ PRESETS = {
                    "per_iters": [100, 10], "cap": 30.0},
         "storm": {"n": 1000, "rate": 100, "before": 1.0, "after": 6.0, "cap": 30.0},
         "admission": {"n": 2000, "repeat": 1},
+        "soak": {"n": 1000, "rate": 500, "churn": 200, "duration": 10.0},
     },
     "tiny": {
         "n": 10, "m": 20, "repeat": 1, "cap": 20.0, "slow_n": {}, "settle": 0.1,
@@ -91,6 +96,8 @@ PRESETS = {
                    "per_iters": [100, 10], "cap": 20.0},
         "storm": {"n": 10, "rate": 100, "before": 0.5, "after": 4.0, "cap": 20.0},
         "admission": {"n": 20, "repeat": 1},
+        "soak": {"n": 10, "rate": 100, "churn": 50, "duration": 2.0, "settle": 3.0,
+                 "warm": 0.5},
     },
 }
 
@@ -207,6 +214,12 @@ def plan(args):
         for c in contenders("admission"):
             cases.append(Case("admission", c, "sse", {"n": args.n or ad["n"]},
                               repeat=ad["repeat"] if c in FAST else 1))
+    if "soak" in chosen:
+        so = dict(preset["soak"])
+        if args.n:
+            so["n"] = args.n
+        for c in contenders("soak"):
+            cases.append(Case("soak", c, "both", so))
     return cases, list(dict.fromkeys(skipped))
 
 
@@ -232,6 +245,8 @@ def run_case(case):
                                cap=p["cap"])
     if case.scenario == "admission":
         return scenarios.admission(case.contender, p["n"])
+    if case.scenario == "soak":
+        return scenarios.soak(case.contender, **p)
     raise ValueError(case.scenario)
 
 

@@ -11,12 +11,15 @@
 * :func:`storm` -- every SSE subscriber cut at once (``GET /cut``) while messages flow;
   time until the last is back (reconnected browser-like), and exact resumption.
 * :func:`admission` -- server CPU per new SSE subscriber, N connections in one burst.
+* :func:`soak` -- connection churn (SSE and WebSocket, FIN, RST, mid-frame) while steady
+  subscribers receive a paced feed: nothing lost, descriptors and RSS back to baseline.
 
 Every record says whether every connection got every frame (``complete``), in
 order on the sampled connections (``disorder``), and why not (``notes``).
 """
 
 import json
+import os
 import select
 import socket
 import subprocess
@@ -24,7 +27,7 @@ import sys
 import threading
 import time
 
-from bench.harness import REPO, BenchError, Session, pin
+from bench.harness import REPO, BenchError, Client, Session, pin
 
 US = 1e6
 
@@ -455,5 +458,104 @@ def admission(contender, n, cap=60.0):
             "server_log_problems": problems, "info": session.info, "notes": notes}
 
 
+def _open_fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def soak(contender, n, rate, churn, duration, warm=3.0, settle=10.0, max_life=0.5,
+         cap=60.0, size=90):
+    """``n`` steady subscribers (half SSE, half WebSocket, one store) receive ``rate``
+    msg/s while bench/churnclient.py opens ``churn`` connections per second for
+    ``duration`` s and ends each within ``max_life`` s in one of its seven ways.
+
+    The baseline (open descriptors, RSS) is read ``warm`` s after publishing started
+    (the store's history, ``rate x warm / 2`` messages, is full by then), before the churn; both are sampled every second during it, and read again once the
+    churn is over (descriptors: as soon as they are back to the baseline, within
+    ``settle`` s) and once publishing is over. Figures: whether every steady subscriber
+    got every message (in order on the sampled ones), the descriptor and RSS
+    differences, the server's CPU share during the churn, and any server log line at
+    WARNING or above."""
+    m = int(rate * (warm + duration + settle))
+    half = n // 2
+    # A history that is full before the baseline is read: its growth is not a leak.
+    capacity = max(16, int(rate * warm / 2))
+    with Session(contender, "both", ["--capacity", str(capacity)]) as session:
+        pid = session.server.pid
+        steady = []
+        for transport, count in (("sse", n - half), ("ws", half)):
+            client = Client(session.port, transport, count, m, timeout=m / rate + cap,
+                            sample_every=max(1, count // 20))
+            session.procs.append(client.proc)
+            steady.append(client)
+        session.wait_subscribers(n)
+        paced = {}
+        thread = threading.Thread(target=lambda: paced.update(
+            ok=_get(session, f"/paced?messages={m}&rate={rate}&size={size}",
+                    m / rate + cap)), daemon=True)
+        thread.start()
+        time.sleep(warm)
+        fds0, rss0, cpu0 = _open_fds(pid), session.rss(), session.cpu()
+        churner = subprocess.Popen(
+            [sys.executable, "-m", "bench.churnclient", "--port", str(session.port),
+             "--rate", str(churn), "--duration", str(duration), "--max-life", str(max_life)],
+            cwd=REPO, stdout=subprocess.PIPE, text=True)
+        pin(churner.pid, 1)
+        session.procs.append(churner)
+        t0 = time.monotonic()
+        samples = []  # (s since the churn began, open fds, RSS bytes)
+        while churner.poll() is None and time.monotonic() - t0 < duration + cap:
+            time.sleep(1.0)
+            samples.append((time.monotonic() - t0, _open_fds(pid), session.rss()))
+        churn_report = json.loads(churner.communicate(timeout=cap)[0] or "{}")
+        churn_s = time.monotonic() - t0
+        cpu_churn = session.cpu() - cpu0
+        t1 = time.monotonic()
+        while _open_fds(pid) > fds0 and time.monotonic() - t1 < settle:
+            time.sleep(0.1)
+        fds1, rss1 = _open_fds(pid), session.rss()
+        fds_back_s = time.monotonic() - t1 if fds1 <= fds0 else None
+        thread.join(m / rate + cap)
+        reports = [client.report(cap) for client in steady]
+        rss2 = session.rss()
+        stats = session.stats()
+        problems = [line for line in session.log_path.read_text(errors="replace").splitlines()
+                    if not line.startswith("bench.server:")][:20]
+    delivered = sum(r["total"] for r in reports)
+    complete = all(r["complete"] and not r["error_count"] for r in reports)
+    disorder = sum(r["sampled_disorder"] for r in reports)
+    notes = []
+    if not complete:
+        notes.append("steady subscribers incomplete: " + "; ".join(
+            f"{r['min']}..{r['max']} of {m} per connection, {r['error_count']} errors"
+            for r in reports))
+    if disorder:
+        notes.append(f"{disorder} out-of-order/missing frames on sampled steady subscribers")
+    if churn_report.get("error_count"):
+        notes.append(f"churn client: {churn_report['error_count']} errors: "
+                     + "; ".join(churn_report["errors"][:3]))
+    if fds_back_s is None:
+        notes.append(f"descriptors not back to the baseline within {settle} s: "
+                     f"{fds1} vs {fds0}")
+    if not paced.get("ok"):
+        notes.append("the paced publisher did not finish in time")
+    return {"n": n, "rate": rate, "churn": churn, "duration_s": duration, "m": m,
+            "delivered": delivered, "expected": n * m, "complete": complete,
+            "disorder": disorder,
+            "churn_opened": churn_report.get("opened"),
+            "churn_heads": sum(churn_report.get("heads_by_kind", {}).values()),
+            "churn_report": churn_report, "churn_s": churn_s,
+            "fds_before": fds0, "fds_peak": max((f for _, f, _ in samples), default=fds0),
+            "fds_after": fds1, "fds_back_s": fds_back_s,
+            "rss_before": rss0, "rss_peak": max((r for _, _, r in samples), default=rss0),
+            "rss_after_churn": rss1, "rss_after": rss2,
+            "rss_growth_mb": (rss2 - rss0) / 2**20,
+            # a leak keeps growing; allocator high-water flattens out
+            "rss_growth_second_half_mb": (
+                (samples[-1][2] - samples[len(samples) // 2][2]) / 2**20 if samples else None),
+            "samples": samples, "server_busy_during_churn": cpu_churn / churn_s,
+            "server_stats": stats, "server_log_problems": problems, "info": session.info,
+            "notes": notes}
+
+
 __all__ = ["BenchError", "throughput", "topics", "latency", "idle_memory", "stalled",
-           "storm", "admission"]
+           "storm", "admission", "soak"]

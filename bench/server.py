@@ -15,13 +15,15 @@ tornadose (and :mod:`tornadose.topics` only in topics mode, which the reference,
 tornadose 0.4.1, does not have).  The control routes are the same for every bench
 server (:mod:`bench.floor`, :mod:`bench.wsbroadcast`):
 
-* ``/sse`` or ``/ws`` (per ``--transport``): the subscriber handler.
+* ``/sse`` or ``/ws`` (per ``--transport``): the subscriber handler; both, on one
+  store, with ``--transport both`` (the ``soak`` scenario).
 * ``GET /subscribers``: number of registered subscribers, as plain text.
 * ``GET /info``: JSON with the tornadose/tornado versions and file locations.
 * ``GET /stats``: the store's ``stats()`` where it has them, else ``{}``.
 * ``GET /burst?messages=M&per_iter=K&size=S&start=SEQ&rate=R``: submits M messages
   of S characters, K per event-loop iteration (at most R per second if given), and
   answers once all are submitted.
+* ``GET /metrics`` (``--metrics``): tornadose.metrics' exposition.
 * ``GET /cut``: closes every subscriber's connection server-side (its IOStream) at
   once, a server blip (the ``storm`` scenario); answers how many it closed.
 * ``GET /paced?messages=M&rate=R&size=S``: submits M messages on a schedule of
@@ -223,7 +225,7 @@ class NoDelayHTTPServer(tornado.httpserver.HTTPServer):
 
 
 async def serve(port: int, transport: str, capacity: int, nodelay: bool = False,
-                topics: int = 0) -> None:
+                topics: int = 0, metrics: bool = False) -> None:
     kwargs = {"capacity": capacity} if capacity and "backend" in vars(tornadose) else {}
     if topics:
         # Only this package has topics (not the reference, tornadose 0.4.1).
@@ -239,11 +241,14 @@ async def serve(port: int, transport: str, capacity: int, nodelay: bool = False,
         control = {"store": None, "registry": registry, "names": names}
     else:
         store = QueueStore(**kwargs)
-        subscriber = (rf"/{transport}", HANDLERS[transport], {"store": store})
+        routes = HANDLERS if transport == "both" else {transport: HANDLERS[transport]}
+        subscriber = [(rf"/{name}", handler, {"store": store}) for name, handler in routes.items()]
         control = {"store": store}
+    if not isinstance(subscriber, list):
+        subscriber = [subscriber]
     app = tornado.web.Application(
         [
-            subscriber,
+            *subscriber,
             (r"/subscribers", SubscribersHandler, control),
             (r"/info", InfoHandler, control),
             (r"/stats", StatsHandler, control),
@@ -252,7 +257,17 @@ async def serve(port: int, transport: str, capacity: int, nodelay: bool = False,
             (r"/cut", CutHandler, control),
         ]
     )
-    server = (NoDelayHTTPServer if nodelay else tornado.httpserver.HTTPServer)(app)
+    if metrics:
+        from tornadose.metrics import MetricsHandler, install
+
+        install()  # times every fan-out pass from now on
+        app.add_handlers(r".*", [(r"/metrics", MetricsHandler)])
+    if nodelay:
+        server = NoDelayHTTPServer(app)
+    elif hasattr(tornadose, "make_server"):
+        server = tornadose.make_server(app)  # how this package says to serve
+    else:  # the reference, tornadose 0.4.1
+        server = tornado.httpserver.HTTPServer(app)
     server.add_sockets(tornado.netutil.bind_sockets(port, "127.0.0.1", backlog=4096))
     await asyncio.Event().wait()
 
@@ -260,11 +275,14 @@ async def serve(port: int, transport: str, capacity: int, nodelay: bool = False,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--transport", choices=sorted(HANDLERS), required=True)
+    parser.add_argument("--transport", choices=[*sorted(HANDLERS), "both"], required=True,
+                        help="both: /sse and /ws on one store (soak scenario)")
     parser.add_argument("--capacity", type=int, default=0,
                         help="QueueStore ring capacity (this package only; 0: its default)")
     parser.add_argument("--nodelay", action="store_true",
                         help="TCP_NODELAY on accepted sockets (SSE only; a diagnostic)")
+    parser.add_argument("--metrics", action="store_true",
+                        help="install tornadose.metrics and serve /metrics (this package only)")
     parser.add_argument("--topics", type=int, default=0,
                         help="topics mode: a TopicRegistry(QueueStore) of T topics S000.. "
                              "(this package only; 0: one QueueStore)")
@@ -274,7 +292,8 @@ def main() -> None:
     raise_nofile_limit()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     print(f"bench.server: {json.dumps(provenance())}", file=sys.stderr, flush=True)
-    asyncio.run(serve(args.port, args.transport, args.capacity, args.nodelay, args.topics))
+    asyncio.run(serve(args.port, args.transport, args.capacity, args.nodelay, args.topics,
+                      args.metrics))
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def test_every_scenario_ran(tiny_run):
     doc, _ = tiny_run
     assert {r["scenario"] for r in doc["records"]} == {
         "burst", "per-message", "topics", "latency", "idle", "stalled", "sweep", "storm",
-        "admission"}
+        "admission", "soak"}
     assert not [r for r in doc["records"] if "error" in r]
 
 
@@ -274,6 +274,25 @@ def test_admission_figures(tiny_run):
     assert by["bare-tornado"]["x_bare"] == pytest.approx(1.0)
     assert by["python"]["x_bare"] > 0
     assert "admission SSE" in stdout
+
+
+def test_soak_figures(tiny_run):
+    """Churn past steady subscribers: they get everything, the churn's descriptors are
+    given back, and the server logs nothing."""
+    doc, stdout = tiny_run
+    (r,) = _records(doc, "soak")
+    assert r["contender"] == "python"
+    assert r["complete"] and r["disorder"] == 0, r["notes"]
+    assert r["delivered"] == r["expected"] == r["n"] * r["m"]
+    churn = r["churn_report"]
+    assert churn["opened"] == r["churn_opened"] > 0 and churn["error_count"] == 0
+    assert set(churn["opened_by_kind"]) == {
+        "sse-fin", "sse-rst", "sse-half", "ws-close", "ws-fin", "ws-rst", "ws-midframe"}
+    assert churn["heads_by_kind"]["sse-half"] == 0  # never a complete request
+    assert r["fds_after"] <= r["fds_before"] <= r["fds_peak"]
+    assert r["rss_before"] > 0 and r["samples"]
+    assert r["server_log_problems"] == []
+    assert "soak: " in stdout
 
 
 def test_storm_client_check():

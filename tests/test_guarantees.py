@@ -9,6 +9,7 @@ import logging
 import os
 import random
 import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -420,6 +421,46 @@ async def test_heartbeat_setting_from_the_application(serve):
     await client.read_events(1)
     assert client.comments >= 2 and client.parser.retry is None
     client.close_fin()
+
+
+async def test_websocket_clients_that_reset_during_the_handshake(serve, caplog):
+    """Clients that send the upgrade request and reset before the server answers it (a
+    tab closed while connecting; seen in the soak bench): the 101 then fails and open()
+    finds the stream closed. Nothing is logged above INFO, nothing stays subscribed,
+    and the subscribers that stay get every message."""
+
+    class SlowToAccept(WebSocketSubscriber):
+        async def prepare(self) -> None:
+            await asyncio.sleep(0.05)  # e.g. looking the user up: the client leaves meanwhile
+            super().prepare()
+
+    store = QueueStore()
+    port = await serve([*routes(store)[:1], (r"/ws", SlowToAccept, {"store": store})])
+    steady = await RawSSEClient.connect("127.0.0.1", port, "/sse")
+    await wait_until(lambda: len(store.subscribers) == 1)
+    request = (
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    for round_ in range(10):
+        socks = []
+        for _ in range(30):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(request)
+            socks.append(sock)
+        await asyncio.sleep(0.01)  # read by the server, which is still in prepare()
+        for sock in socks:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+            sock.close()
+        store.submit(round_)
+    await asyncio.sleep(0.2)  # every prepare() over, every open() called
+    await wait_until(lambda: store.subscribers == {next(iter(store.subscribers))}
+                     and len(store.subscribers) == 1, what="only the steady subscriber left")
+    events = await steady.read_events(10)
+    assert [json.loads(e.data) for e in events] == list(range(10))
+    noisy = [r for r in caplog.records if r.levelno > logging.INFO and r.name != "tornado.access"]
+    assert not noisy, [r.getMessage() for r in noisy]
+    steady.close_fin()
 
 
 async def test_websocket_pings_follow_tornado_setting(serve, caplog):

@@ -403,7 +403,7 @@ class EventSource(BaseHandler):
         super().on_connection_close()
         self._resolve()
 
-    def _tornadose_end(self) -> None:
+    def _tornadose_end(self, revoked: bool = False) -> None:
         self._resolve()
 
     def _resolve(self) -> None:
@@ -463,8 +463,8 @@ class WebSocketSubscriber(BaseHandler, WebSocketHandler):
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         connection = self.ws_connection
-        if connection is None:
-            return
+        if connection is None or connection.stream.closed():  # type: ignore[attr-defined]
+            return  # the client left during the handshake: nothing to subscribe
         self._set_nodelay(connection.stream)  # type: ignore[attr-defined]
         if self._fast_path(WebSocketSubscriber):
             compressed = getattr(connection, "_compressor", None) is not None
@@ -518,8 +518,11 @@ class WebSocketSubscriber(BaseHandler, WebSocketHandler):
         if connection is not None:
             connection.stream.close()  # type: ignore[union-attr]
 
-    def _tornadose_end(self) -> None:
-        self.close(1001, "store closed")
+    def _tornadose_end(self, revoked: bool = False) -> None:
+        if revoked:
+            self.close(1008, "revoked")  # policy violation: the server withdrew access
+        else:
+            self.close(1001, "store closed")
 
 
 class _TopicHandler:
