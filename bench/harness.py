@@ -51,11 +51,16 @@ def contender_command(name, transport):
     """(argv, env, check) for a contender's server; ``check(info)`` raises if wrong.
 
     A ``+nodelay`` suffix (``floor+nodelay``, ``cython+nodelay``) runs the same server
-    with TCP_NODELAY set on its subscriber sockets (a diagnostic for latency)."""
+    with TCP_NODELAY set on its subscriber sockets (a diagnostic for latency);
+    ``cython+metrics`` runs it with tornadose.metrics installed (fan-out passes timed)."""
     base, _, variant = name.partition("+")
-    if variant not in ("", "nodelay") or (variant and base in ("reference", "websockets")):
+    if variant not in ("", "nodelay", "metrics") or (
+        variant and base in ("reference", "websockets")
+    ) or (variant == "metrics" and base not in ("cython", "python")):
         raise BenchError(f"unknown contender {name!r}")
     argv, env, check = _contender_command(base, transport)
+    if variant == "metrics":
+        argv = [*argv, "--metrics"]
     if variant == "nodelay":
         if transport != "sse" and base in ("cython", "python"):
             raise BenchError("+nodelay is for SSE only with tornado servers")

@@ -176,7 +176,38 @@ def targets(doc):
         add("admission: cython <= 1.1x bare-tornado", round(cy["x_bare"], 3), 1.1,
             cy["x_bare"] <= 1.1 and cy.get("complete"),
             f"{cy['us_per_subscriber']:.1f} µs per subscriber, N={cy['n']}")
+    for transport in ("sse", "ws"):
+        by = _by(_records(doc, "burst", transport))
+        plain, metered = by.get("cython"), by.get("cython+metrics")
+        if plain and metered and _num(plain.get("us_per_delivery")) \
+                and _num(metered.get("us_per_delivery")):
+            ratio = metered["us_per_delivery"] / plain["us_per_delivery"]
+            add(f"burst {transport.upper()}: metrics installed cost nothing measurable "
+                "(cython+metrics / cython)", round(ratio, 3), 1.05, ratio <= 1.05,
+                f"{metered['us_per_delivery']:.3f} vs {plain['us_per_delivery']:.3f} µs "
+                "per delivery")
+    cy = _by(_records(doc, "soak")).get("cython")
+    if cy and "complete" in cy:
+        add("soak: cython steady subscribers got every message, in order",
+            cy["complete"] and not cy["disorder"], True,
+            bool(cy["complete"] and not cy["disorder"]),
+            f"{_si(cy['delivered'])}/{_si(cy['expected'])} delivered")
+        add("soak: cython descriptors back to the baseline after the churn",
+            cy["fds_after"] - cy["fds_before"], 0, cy["fds_after"] <= cy["fds_before"],
+            f"{cy['fds_before']} before, peak {cy['fds_peak']}, {cy['fds_after']} after")
+        growth = cy["rss_growth_mb"]
+        add(f"soak: cython RSS back within {SOAK_RSS_MARGIN_MB} MiB of the baseline",
+            round(growth, 2), SOAK_RSS_MARGIN_MB, growth <= SOAK_RSS_MARGIN_MB,
+            f"{_mb(cy['rss_before'])} before, peak {_mb(cy['rss_peak'])}, "
+            f"{_mb(cy['rss_after'])} after; second half of the churn: "
+            f"{_fmt(cy.get('rss_growth_second_half_mb'), '+.2f')} MiB")
+        add("soak: cython server log empty (nothing at WARNING or above)",
+            len(cy["server_log_problems"]), 0, not cy["server_log_problems"])
     return out
+
+
+#: How far above its pre-churn RSS the soak server may end (allocator slack, no leak).
+SOAK_RSS_MARGIN_MB = 8
 
 
 def _fmt(value, spec, missing="-"):
@@ -347,6 +378,28 @@ def table(doc):
                 f"{_fmt(r.get('head_p99_ms'), '.1f'):>9}{_fmt(r.get('head_max_ms'), '.1f'):>9}"
                 f"{str(r.get('complete', '-')):>10}")
             notes += [f"admission {r['contender']}: {n}" for n in r.get("notes", [])]
+    recs = _records(doc, "soak")
+    if recs:
+        p = recs[0]["params"]
+        lines.append("")
+        lines.append(f"soak: {p['n']} steady subscribers (half SSE, half WebSocket) at "
+                     f"{p['rate']} msg/s while {p['churn']} connections/s come and go for "
+                     f"{p['duration']:.0f} s (SSE and WebSocket; FIN, RST, close handshake, "
+                     "mid-request, mid-frame)")
+        lines.append(f"  {'contender':<14}{'steady':>10}{'churned':>9}{'fds before':>12}"
+                     f"{'peak':>6}{'after':>7}{'RSS before':>12}{'peak':>11}{'after':>11}"
+                     f"{'busy':>6}{'log':>5}")
+        for r in recs:
+            if "complete" not in r:
+                lines.append(f"  {r['contender']:<14} not run")
+            else:
+                lines.append(
+                    f"  {r['contender']:<14}{str(r['complete'] and not r['disorder']):>10}"
+                    f"{r['churn_opened'] or 0:>9}{r['fds_before']:>12}{r['fds_peak']:>6}"
+                    f"{r['fds_after']:>7}{_mb(r['rss_before']):>12}{_mb(r['rss_peak']):>11}"
+                    f"{_mb(r['rss_after']):>11}{_pct(r['server_busy_during_churn']):>6}"
+                    f"{len(r['server_log_problems']):>5}")
+            notes += [f"soak {r['contender']}: {n}" for n in r.get("notes", [])]
     if doc.get("targets"):
         lines.append("")
         lines.append("targets:")

@@ -39,6 +39,7 @@ class _TopicStreamLog:
     registry's, and its entries carry topics."""
 
     _registry: TopicRegistry
+    _instrumented = False  # the registry is what metrics see
 
     def __init__(self, registry: TopicRegistry, **kwargs: Any) -> None:
         super().__init__(**kwargs)  # type: ignore[call-arg]

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import Any
 
 from tornado.log import app_log
 
+from . import _instruments
 from .fanout import FORMAT_WS, Fanout, Sink
 from .frames import build_frames
 from .ring import SSE, WS, Ring
@@ -119,6 +120,8 @@ class _RingStore(BaseStore):
     """
 
     _conflate = False
+    # Listed for metrics; not the internal store a topic registry reads a stream with.
+    _instrumented = True
     # Event ids are "<epoch>-<seq>", so an id says which store instance it came from.
     # Topic connections rely on that to route one Last-Event-ID to its topic.
     _ids_name_the_store = True
@@ -133,6 +136,7 @@ class _RingStore(BaseStore):
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         write_delay: float = 0.0,
         event: str | None = None,
+        name: str | None = None,
         **kwargs: Any,
     ) -> None:
         if event is not None and (not event or any(c in event for c in "\r\n\0")):
@@ -162,6 +166,15 @@ class _RingStore(BaseStore):
         self._resumed = 0
         self._gaps = 0
         self._rejected = 0
+        self._revoked = 0  # subscribers ended by disconnect()
+        self._closed = 0  # subscribers ended by close()
+        self._pass_times: _instruments.PassTimes | None = None
+        #: The ``name`` label of this store's metrics (see :mod:`tornadose.metrics`).
+        self.name = (
+            _instruments.track(self, name, type(self).__name__.lower())
+            if self._instrumented
+            else name or ""
+        )
         super().__init__(*args, **kwargs)
 
     @property
@@ -224,7 +237,13 @@ class _RingStore(BaseStore):
 
     def _flush(self) -> None:
         self._flush_loop = None
-        self._fanout.flush()
+        times = self._pass_times
+        if times is None:
+            self._fanout.flush()
+        else:
+            start = _instruments.clock()
+            self._fanout.flush()
+            times.observe(_instruments.clock() - start)
         if self._generic_pending:
             pending, self._generic_pending = self._generic_pending, []
             for subscriber in tuple(self._generic):
@@ -359,12 +378,25 @@ class _RingStore(BaseStore):
         again afterwards.
         """
         self._flush()
-        for subscriber in tuple(self.subscribers):
-            end = getattr(subscriber, "_tornadose_end", None)
-            self.deregister(subscriber)
-            if end is not None:
-                end()
+        self._closed += _end_subscribers(self, tuple(self.subscribers))
         self._ring.clear()
+
+    def disconnect(self, predicate: Callable[[Any], bool]) -> int:
+        """End, now, the connection of every subscriber for which ``predicate(subscriber)``
+        is true (``subscriber`` is the request handler, e.g.
+        ``store.disconnect(lambda h: h.current_user == "alice")``) and return how many.
+
+        What was submitted before the call is delivered first; then SSE responses end
+        and WebSockets close with code 1008 ("revoked"). Nothing is delivered to them
+        afterwards. A subscriber of this package's handlers that reconnects goes through
+        ``prepare()`` and authentication again. Exceptions from ``predicate`` propagate;
+        subscribers already ended stay ended.
+        """
+        self._flush()
+        ended = _end_subscribers(self, [s for s in tuple(self.subscribers) if predicate(s)],
+                                 revoked=True)
+        self._revoked += ended
+        return ended
 
     def stats(self) -> dict[str, int]:
         """Counters since the store was created, and its current state.
@@ -375,8 +407,9 @@ class _RingStore(BaseStore):
         ring; socket full past ``write_timeout``); ``conflated`` messages a DataStore
         subscriber skipped; ``disconnected`` subscribers that left for any reason;
         ``resumed`` subscribers that resumed from a Last-Event-ID and ``gaps`` that got a
-        gap notice instead; ``rejected`` over ``max_subscribers``; ``max_lag`` messages
-        the furthest-behind subscriber still has to receive.
+        gap notice instead; ``rejected`` over ``max_subscribers``; ``revoked`` and
+        ``closed`` subscribers ended by :meth:`disconnect` and :meth:`close`; ``max_lag``
+        messages the furthest-behind subscriber still has to receive.
         """
         fanout = self._fanout
         head = self._ring.head
@@ -394,6 +427,8 @@ class _RingStore(BaseStore):
             "resumed": self._resumed,
             "gaps": self._gaps,
             "rejected": self._rejected,
+            "revoked": self._revoked,
+            "closed": self._closed,
             "max_lag": max((head - sink.cursor for sink in fanout), default=0),
         }
 
@@ -510,6 +545,23 @@ class QueueStore(_RingStore):
         """
         self._append(message)
         return SUBMITTED
+
+
+def _end_subscribers(store: Any, subscribers: Iterable[Any], revoked: bool = False) -> int:
+    """Deregister ``subscribers`` from ``store`` and end their connections cleanly;
+    return how many were registered."""
+    ended = 0
+    for subscriber in subscribers:
+        if subscriber not in store.subscribers:
+            continue
+        ended += 1
+        store.deregister(subscriber)
+        end = getattr(subscriber, "_tornadose_end", None)
+        if end is not None:
+            end(revoked)
+        elif revoked and callable(getattr(subscriber, "_drop", None)):
+            subscriber._drop()  # a custom handler on the generic path: cut it
+    return ended
 
 
 def __getattr__(name: str) -> Any:

@@ -41,6 +41,7 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
+from . import _instruments
 from .fanout import FORMAT_WS
 from .frames import build_frames
 from .ring import TopicRing, TopicState
@@ -205,6 +206,7 @@ class TopicRegistry:
         max_subscribers: int | None = None,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         write_delay: float = 0.0,
+        name: str | None = None,
         **store_kwargs: Any,
     ) -> None:
         if max_topics < 1:
@@ -262,6 +264,11 @@ class TopicRegistry:
         self._resumed = 0
         self._gaps = 0
         self._rejected = 0
+        self._revoked = 0  # connections ended by disconnect()
+        self._closed = 0  # connections ended by close() or remove()
+        self._pass_times: _instruments.PassTimes | None = None
+        #: The ``name`` label of this registry's metrics (see :mod:`tornadose.metrics`).
+        self.name = _instruments.track(self, name, "topicregistry")
         # Topics of entries read from a Redis stream that no Topic object has (yet).
         self._orphans: dict[str, TopicState] = {}
         #: The Redis stream log (``TopicRegistry(RedisStreamStore, ...)``), or None.
@@ -382,7 +389,13 @@ class TopicRegistry:
 
     def _flush(self) -> None:
         self._flush_loop = None
-        self._fanout.flush()
+        times = self._pass_times
+        if times is None:
+            self._fanout.flush()
+        else:
+            start = _instruments.clock()
+            self._fanout.flush()
+            times.observe(_instruments.clock() - start)
 
     def publish(self) -> None:
         """Deliver everything submitted so far now, instead of at the end of this
@@ -400,22 +413,38 @@ class TopicRegistry:
             return
         self._flush()
         for sink in tuple(topic._state.subs):
-            self._end(sink)
+            self._closed += self._end(sink)
 
     def close(self) -> None:
         """Deliver what is pending, then end every connection's stream cleanly. The
         topics stay, and can be used again."""
         self._flush()
         for sink in tuple(self._fanout):
-            self._end(sink)
+            self._closed += self._end(sink)
 
-    def _end(self, sink: TopicSink) -> None:
+    def disconnect(self, predicate: Callable[[Any], bool]) -> int:
+        """End, now, every connection whose handler satisfies ``predicate(handler)``
+        (e.g. ``registry.disconnect(lambda h: h.current_user == "alice")``) and return
+        how many, as :meth:`QueueStore.disconnect <tornadose.stores.QueueStore>` does:
+        what was submitted before is delivered first, then SSE responses end and
+        WebSockets close with 1008 ("revoked"). Exceptions from ``predicate``
+        propagate; connections already ended stay ended."""
+        self._flush()
+        ended = 0
+        for sink, handler in list(self._handlers.items()):
+            if predicate(handler):
+                ended += self._end(sink, revoked=True)
+        self._revoked += ended
+        return ended
+
+    def _end(self, sink: TopicSink, revoked: bool = False) -> int:
         handler = self._handlers.get(sink)
         if handler is None:
             self._fanout.discard(sink)
-            return
+            return 0
         self.deregister(handler)
-        handler._tornadose_end()
+        handler._tornadose_end(revoked)
+        return 1
 
     # -- looking ------------------------------------------------------------------
 
@@ -442,8 +471,9 @@ class TopicRegistry:
         connections dropped (lost messages of their topics; socket full past
         ``write_timeout``); ``disconnected`` connections that left for any reason;
         ``resumed`` from a Last-Event-ID and ``gaps`` that got a gap notice instead;
-        ``rejected`` over ``max_subscribers``; ``max_lag`` entries of the log the
-        furthest-behind connection has yet to pass.
+        ``rejected`` over ``max_subscribers``; ``revoked`` and ``closed`` connections
+        ended by :meth:`disconnect` and by :meth:`close` / :meth:`remove`; ``max_lag``
+        entries of the log the furthest-behind connection has yet to pass.
         """
         ring = self._ring
         stats = {
@@ -463,6 +493,8 @@ class TopicRegistry:
             resumed=self._resumed,
             gaps=self._gaps,
             rejected=self._rejected,
+            revoked=self._revoked,
+            closed=self._closed,
         )
         return stats
 

@@ -76,17 +76,19 @@ class Demo:
         self.processes = processes
         self.ticks: Any
         if redis is None:
-            self.ticks = QueueStore()
+            self.ticks = QueueStore(name="ticks")
         else:
             from ..stores import RedisStore
 
-            self.ticks = RedisStore(channel=CHANNEL, **redis)
+            self.ticks = RedisStore(channel=CHANNEL, name="ticks", **redis)
             self.ticks.register(_Relay(self))
-        self.latest = DataStore()
+        self.latest = DataStore(name="latest")
         # The symbols are known: subscribers may ask for any of them (all at once,
         # if they like), and for nothing else.
         limits = {"max_topics": len(symbols), "max_topics_per_subscriber": len(symbols)}
-        self.quotes = TopicRegistry(DataStore, create_on_subscribe=False, **limits)
+        self.quotes = TopicRegistry(
+            DataStore, create_on_subscribe=False, name="quotes", **limits
+        )
         self.trades = trades_registry(redis, **limits)
         for symbol in symbols:
             self.quotes.topic(symbol)
@@ -113,6 +115,7 @@ class Demo:
             (r"/latest/ws", WebSocketSubscriber, {"store": self.latest}),
             (r"/symbols", SymbolsHandler, {"demo": self}),
             (r"/stats", StatsHandler, {"demo": self}),
+            (r"/metrics", _metrics_handler()),
             (r"/static/(.*)", StaticFileHandler, {"path": STATIC}),
             (r"/()", StaticFileHandler, {"path": STATIC, "default_filename": "index.html"}),
         ]
@@ -212,11 +215,32 @@ class Demo:
         }
 
 
+def _metrics_handler() -> type[RequestHandler]:
+    """tornadose.metrics.MetricsHandler, or, without prometheus_client, a handler that
+    says how to get it."""
+    try:
+        from ..metrics import MetricsHandler, install
+    except ImportError:
+
+        class NoMetrics(RequestHandler):
+            def get(self) -> None:
+                self.set_status(501)
+                self.finish('metrics need prometheus_client: pip install "tornadose[metrics]"\n')
+
+        return NoMetrics
+    install()  # now, so that fan-out passes are timed before the first scrape
+    return MetricsHandler
+
+
 def trades_registry(redis: dict[str, Any] | None, **limits: Any) -> TopicRegistry:
     """The trades topics: a local log, or with ``redis`` one Redis stream."""
     if redis is None:
         return TopicRegistry(
-            QueueStore, create_on_subscribe=False, capacity=_TRADES_CAPACITY, **limits
+            QueueStore,
+            create_on_subscribe=False,
+            capacity=_TRADES_CAPACITY,
+            name="trades",
+            **limits,
         )
     from ..stores import RedisStreamStore
 
@@ -225,6 +249,7 @@ def trades_registry(redis: dict[str, Any] | None, **limits: Any) -> TopicRegistr
         create_on_subscribe=False,
         capacity=_TRADES_CAPACITY,
         stream=TRADES_STREAM,
+        name="trades",
         **limits,
         **redis,
     )
