@@ -156,7 +156,7 @@ async def test_promtool_accepts_the_exposition(serve, registry):
 async def test_disconnect_reasons_are_counted(serve, registry):
     """A client that leaves, one that lapped, one revoked, one closed: each under its
     reason, and a resume under its outcome."""
-    store = QueueStore(name="m_reasons", capacity=16)
+    store = QueueStore(name="m_reasons", capacity=128)
     port = await serve(_routes(store, TopicRegistry(QueueStore, name="m_reasons_feed"), registry))
     leaving = await RawSSEClient.connect("127.0.0.1", port, "/sse")
     stalled = await RawSSEClient.connect("127.0.0.1", port, "/sse", rcvbuf=1024, limit=256)
@@ -165,7 +165,7 @@ async def test_disconnect_reasons_are_counted(serve, registry):
     leaving.close_fin()
     await wait_until(lambda: len(store.subscribers) == 2)
     reading = asyncio.ensure_future(reader.read_events(3000, timeout=60))
-    for i in range(3000):  # 12 MB: more than the stalled socket's buffers take
+    for i in range(3000):  # 12 MB: far more than the stalled socket and 128 messages hold
         store.submit("x" * 4000 + str(i))
         if i % 10 == 0:
             await asyncio.sleep(0)

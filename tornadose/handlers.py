@@ -24,7 +24,7 @@ import resource
 import socket
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -314,9 +314,10 @@ class EventSource(BaseHandler):
     :data:`tornadose.stores.GAP_EVENT`). The stream starts with a ``retry:`` hint
     (``sse_retry`` setting or ``retry`` argument, milliseconds, drawn per stream within
     ``sse_retry_jitter`` (default 0.5: from half to one and a half times it) so that
-    clients cut together come back spread out) and carries a ``:``
-    comment line after ``heartbeat_interval`` seconds of silence (``sse_heartbeat_interval``
-    setting, default 15; 0 disables) so proxies do not close idle streams.
+    clients cut together come back spread out) and carries a ``:`` comment line once
+    it has been silent for ``heartbeat_interval`` seconds, at the latest after twice that
+    (``sse_heartbeat_interval`` setting, default 15; 0 disables), so proxies do not
+    close idle streams. All streams of a loop share one heartbeat timer.
     """
 
     def initialize(
@@ -568,6 +569,45 @@ class _TopicHandler:
     def _fast_path(self, base: type) -> bool:
         return True
 
+    def authorize_topics(self, topics: list[str]) -> list[str] | Awaitable[list[str]]:
+        """Return which of ``topics`` this connection may subscribe to: a list, or an
+        awaitable of one. Called after ``prepare()`` (so ``self.current_user`` is
+        known) and before anything is subscribed: for the topics of the URL, and for
+        each ``{"subscribe": [...]}`` of a WebSocket. By default every topic is allowed.
+
+        When any requested topic is not in the answer, none of that request is
+        subscribed: the URL's topics get 403 with a body naming the denied ones, a
+        subscribe message gets ``{"event": "tornadose-error", "data": {"reason":
+        "forbidden", "topics": [<denied>]}}`` and the connection keeps its topics.
+        """
+        return topics
+
+    def _denied(self, topics: list[str], allowed: Iterable[str]) -> list[str]:
+        allowed = set(allowed)
+        return [topic for topic in topics if topic not in allowed]
+
+    def _entitled(self) -> bool:
+        # Only a subclass decides: the default allows everything at no cost.
+        return type(self).authorize_topics is not _TopicHandler.authorize_topics
+
+    def _forbid(self, denied: list[str]) -> None:
+        handler: Any = self
+        handler.set_status(403)
+        handler.set_header("Content-Type", "text/plain; charset=utf-8")
+        handler.finish(f"forbidden topics: {','.join(denied)}\n")
+
+    async def _authorize_url_topics(self) -> bool:
+        """Ask :meth:`authorize_topics` about the URL's topics; answer 403 and return
+        False when any is denied."""
+        allowed = self.authorize_topics(list(self.topics))
+        if inspect.isawaitable(allowed):
+            allowed = await allowed
+        denied = self._denied(self.topics, allowed)  # type: ignore[arg-type]
+        if denied:
+            self._forbid(denied)
+            return False
+        return True
+
     def _attach(self, stream: Any, format: int, deliver: Any = None) -> None:
         self._tornadose_sink = TopicSink(stream, format, self._lapped, deliver)
 
@@ -611,6 +651,11 @@ class TopicEventSource(_TopicHandler, EventSource):
         if self._resolve_topics():
             self._reserve()
 
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        if self._entitled() and not await self._authorize_url_topics():
+            return
+        await super().get(*args, **kwargs)
+
 
 #: The event of the WebSocket notice confirming a subscription change.
 SUBSCRIBED_EVENT = "tornadose-subscribed"
@@ -644,24 +689,29 @@ class TopicWebSocketSubscriber(_TopicHandler, WebSocketSubscriber):
         if self._resolve_topics(allow_empty=True):
             self._reserve()
 
-    def on_message(self, message: str | bytes) -> None:
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        if self.topics and self._entitled() and not await self._authorize_url_topics():
+            return  # refused before the upgrade: a plain 403
+        await super().get(*args, **kwargs)
+
+    def on_message(self, message: str | bytes) -> Awaitable[None] | None:
         """Apply a ``subscribe`` / ``unsubscribe`` request (see the class)."""
         try:
             request = orjson.loads(message)
         except orjson.JSONDecodeError:
             self._refuse("not JSON: send {\"subscribe\": [...]} or {\"unsubscribe\": [...]}")
-            return
+            return None
         if (
             not isinstance(request, dict)
             or not request
             or not set(request) <= {"subscribe", "unsubscribe"}
         ):
             self._refuse('expected {"subscribe": [...]} or {"unsubscribe": [...]}')
-            return
+            return None
         for key, names in request.items():
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                 self._refuse(f"{key!r} takes a list of topic names")
-                return
+                return None
         registry = self.registry
         current = {topic.name: topic for topic in self._tornadose_topics}
         wanted = [n for n in dict.fromkeys(request.get("subscribe", ())) if n not in current]
@@ -671,11 +721,41 @@ class TopicWebSocketSubscriber(_TopicHandler, WebSocketSubscriber):
                 check_topic_name(name)
         except TopicNameError as exc:
             self._refuse(str(exc), topics=[n for n in wanted if not _valid(n)])
-            return
+            return None
         limit = registry.max_topics_per_subscriber
         if len(current) - len(dropped) + len(wanted) > limit:
             self._refuse(f"too many topics: at most {limit} per subscriber", limit=limit)
-            return
+            return None
+        if wanted and self._entitled():
+            allowed = self.authorize_topics(list(wanted))
+            if inspect.isawaitable(allowed):
+                # Tornado reads the next message only once this one is handled, so
+                # requests still apply in order.
+                return self._change_when_allowed(allowed, wanted, dropped)
+            if not self._allowed(wanted, allowed):
+                return None
+        self._change(wanted, dropped)
+        return None
+
+    async def _change_when_allowed(
+        self, allowed: Awaitable[list[str]], wanted: list[str], dropped: list[str]
+    ) -> None:
+        if self._allowed(wanted, await allowed):
+            current = {topic.name for topic in self._tornadose_topics}
+            # The connection may have changed meanwhile (a close): re-read its topics.
+            self._change([n for n in wanted if n not in current],
+                         [n for n in dropped if n in current])
+
+    def _allowed(self, wanted: list[str], allowed: Iterable[str]) -> bool:
+        denied = self._denied(wanted, allowed)
+        if denied:
+            self._refuse("forbidden", topics=denied)
+            return False
+        return True
+
+    def _change(self, wanted: list[str], dropped: list[str]) -> None:
+        registry = self.registry
+        current = {topic.name: topic for topic in self._tornadose_topics}
         try:
             added = registry.acquire(wanted)
         except TopicError as exc:
