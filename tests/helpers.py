@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
+from collections.abc import Awaitable
 from typing import Any, Callable
 
 from tornado.websocket import websocket_connect
@@ -71,3 +73,27 @@ class LibWS:
 
     async def close(self) -> None:
         await self.conn.close()
+
+
+class LoopThread:
+    """An event loop in a thread of its own, for tests that drive a browser with
+    Playwright's sync API (which cannot share a thread with a running loop).
+    ``call(fn, *args)`` runs ``fn`` on that loop and returns its result (awaited when
+    it is awaitable); ``close()`` stops the loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 15) -> Any:
+        async def run() -> Any:
+            result = fn(*args)
+            return await result if isinstance(result, Awaitable) else result
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()

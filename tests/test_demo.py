@@ -105,3 +105,48 @@ async def test_demo_processes_resume_trades_on_another_worker(redis_server):  # 
         proc.terminate()
         _, stderr = proc.communicate(timeout=15)
     assert b"Traceback" not in stderr and b"ERROR" not in stderr, stderr.decode()
+
+
+async def test_demo_entitlements_mode():
+    """--entitlements: ?user=free sees the first 10 symbols, ?user=pro all of them,
+    anyone else nothing; the page's /symbols lists what the user may see."""
+    sock, port = bind_unused_port()
+    sock.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tornadose.demo", "--port", str(port), "--interval", "0.01",
+         "--symbols", "20", "--entitlements"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    http = AsyncHTTPClient()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert b"tornadose demo" in proc.stdout.readline()
+        everything = json.loads((await http.fetch(base + "/symbols?user=pro")).body)
+        free = json.loads((await http.fetch(base + "/symbols?user=free")).body)
+        assert len(everything) == 20 and free == everything[:10]
+        assert json.loads((await http.fetch(base + "/symbols")).body) == []
+        anonymous = await RawSSEClient.connect("127.0.0.1", port, f"/quotes/sse/{free[0]}")
+        assert anonymous.status == 401
+        denied = await RawSSEClient.connect(
+            "127.0.0.1", port, f"/quotes/sse?topics={free[0]},{everything[15]}&user=free")
+        assert denied.status == 403
+        assert (await denied.read_body()).decode() == f"forbidden topics: {everything[15]}\n"
+        allowed = await RawSSEClient.connect(
+            "127.0.0.1", port, f"/quotes/sse?topics={','.join(free)}&user=free")
+        assert allowed.status == 200
+        assert {e.type for e in await allowed.read_events(10)} <= set(free)
+        pro = await TornadoWS.connect(port, f"/trades/ws/{everything[15]}?user=pro")
+        assert {"price"} <= set((await pro.read(1))[0])
+        allowed.close_fin()
+        await pro.close()
+        await asyncio.sleep(0.1)
+    finally:
+        http.close()
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=10)
+    # 401/403 are access-log WARNINGs by Tornado's convention; nothing else may appear.
+    problems = [line for line in stderr.decode().splitlines()
+                if ("WARNING" in line or "ERROR" in line or "Traceback" in line)
+                and "tornado.access" not in line]
+    assert not problems, stderr.decode()

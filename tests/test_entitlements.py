@@ -271,3 +271,25 @@ async def test_disconnect_ends_exactly_the_matching_connections(serve):
     assert len(store.subscribers) == 1 and registry.connections == 1
     bob_sse.close_fin()
     bob_feed.close_fin()
+
+
+async def test_subscribe_requests_are_rate_limited(serve):
+    """A client flooding subscribe requests gets a clear refusal past the limit (a
+    burst of tornadose_ws_requests_per_second), keeps its connection and topics."""
+    registry = TopicRegistry(QueueStore)
+    port = await serve(_routes(QueueStore(), registry), tornadose_ws_requests_per_second=5)
+    ws = await _ws(port, "/feed/ws/A", "t-bob")
+    await wait_until(lambda: registry.connections == 1)
+    for _ in range(8):
+        ws.write_message(json.dumps({"subscribe": ["B"]}))
+    answers = [await _ws_read(ws) for _ in range(8)]
+    refused = [a for a in answers if a["event"] == "tornadose-error"]
+    assert len(refused) >= 3 and refused[0]["data"] == {
+        "reason": "too many requests: at most 5 per second", "limit": 5}
+    assert answers[0] == {"event": "tornadose-subscribed", "data": {"topics": ["A", "B"]}}
+    await asyncio.sleep(0.3)  # the bucket refills
+    ws.write_message(json.dumps({"unsubscribe": ["B"]}))
+    assert await _ws_read(ws) == {"event": "tornadose-subscribed", "data": {"topics": ["A"]}}
+    registry.submit("A", "still here")
+    assert (await _ws_read(ws))["data"] == "still here"
+    ws.close()

@@ -27,7 +27,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
@@ -41,6 +41,7 @@ from tornadose.handlers import TopicEventSource, TopicWebSocketSubscriber
 from tornadose.stores import GAP_EVENT, QueueStore
 from tornadose.topics import TopicRegistry
 
+from .helpers import LoopThread
 from .test_browser import launched_chromium
 
 SUBSCRIBED = ["T0", "T1", "T2", "T3", "T4"]
@@ -301,16 +302,11 @@ class PageHandler(RequestHandler):
         self.finish(PAGE)
 
 
-class ServerThread:
-    """A Tornado server on its own event loop in a thread, for tests that drive a
-    browser with Playwright's sync API (which cannot share a thread with a running
-    loop). ``call(fn)`` runs ``fn`` on that loop and returns its result (awaited when it
-    is a coroutine)."""
+class ServerThread(LoopThread):
+    """The feed's server on a loop of its own (see LoopThread)."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
+        super().__init__()
         self.feed: Feed = self.call(Feed)
         self.port, self.server = self.call(self._listen)
 
@@ -319,13 +315,6 @@ class ServerThread:
         server = HTTPServer(Application([(r"/", PageHandler), *self.feed.routes()]))
         server.add_sockets(sockets)
         return sockets[0].getsockname()[1], server
-
-    def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 15) -> Any:
-        async def run() -> Any:
-            result = fn(*args)
-            return await result if isinstance(result, Awaitable) else result
-
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
 
     def wait_for(self, condition: Callable[[Feed], bool], what: str, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
@@ -340,9 +329,7 @@ class ServerThread:
 
         self.call(self.feed.stop_publishing)
         self.call(close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+        self.close()
 
 
 @pytest.fixture

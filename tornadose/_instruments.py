@@ -14,7 +14,7 @@ import bisect
 import re
 import time
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 #: Upper bounds (seconds) of the fan-out pass histogram's buckets: from a pass over a
 #: handful of subscribers to one that holds the loop for a quarter of a second.
@@ -44,6 +44,16 @@ class PassTimes:
         self.buckets[bisect.bisect_left(PASS_BUCKETS, seconds)] += 1
         self.count += 1
         self.sum += seconds
+
+
+def run_pass(times: PassTimes | None, flush: Callable[[], None]) -> None:
+    """Run one fan-out pass, timed into ``times`` when timing is on."""
+    if times is None:
+        flush()
+        return
+    start = clock()
+    flush()
+    times.observe(clock() - start)
 
 
 def check_name(name: str) -> str:

@@ -74,6 +74,10 @@ DEFAULT_FD_HEADROOM = 32
 # Subscribe-only sockets need no large incoming messages; a bigger one closes the
 # connection (code 1009) unless ``websocket_max_message_size`` says otherwise.
 DEFAULT_WS_MAX_INCOMING = 64 * 1024
+# Subscribe/unsubscribe requests a topic WebSocket may send per second (and in a burst);
+# more get a tornadose-error and are ignored. Application setting
+# ``tornadose_ws_requests_per_second`` (0 disables).
+DEFAULT_WS_REQUESTS_PER_SECOND = 20
 _HEARTBEAT = b":\n"
 # (handler class, base, method names) -> whether the class overrides one of them.
 _OVERRIDES: dict[tuple[type, type, tuple[str, ...]], bool] = {}
@@ -289,6 +293,49 @@ class BaseHandler(RequestHandler):
             except OSError:
                 pass  # the client is gone, or not a TCP socket (a Unix socket)
 
+    _origins: frozenset[str] | str | None = None
+
+    def _set_origins(self, allowed_origins: Sequence[str] | str | None) -> None:
+        if allowed_origins is not None:
+            self._origins = _check_origins(allowed_origins)
+
+    def _allowed_origins(self) -> frozenset[str] | str | None:
+        """The handler's ``allowed_origins``, else the Application's
+        ``tornadose_allowed_origins``; None when neither is set."""
+        if self._origins is not None:
+            return self._origins
+        setting = self.settings.get("tornadose_allowed_origins")
+        if setting is None:
+            return None
+        # Checked once per Application, not per request.
+        app: Any = self.application
+        checked = getattr(app, "_tornadose_origins", None)
+        if checked is None or checked[0] is not setting:
+            checked = app._tornadose_origins = (setting, _check_origins(setting))
+        return checked[1]
+
+    def _origin_allowed(self, origin: str) -> bool:
+        origins = self._allowed_origins()
+        return origins is not None and (origins == "*" or origin.lower() in origins)
+
+    def _grant_cors(self, preflight: bool = False) -> None:
+        """CORS for a cross-origin EventSource (``withCredentials`` too): the request's
+        Origin echoed back when it is allowed, nothing otherwise."""
+        if self._allowed_origins() is None:
+            return
+        self.add_header("Vary", "Origin")
+        origin = self.request.headers.get("Origin")
+        if not origin or not self._origin_allowed(origin):
+            return
+        self.set_header("Access-Control-Allow-Origin", origin)
+        self.set_header("Access-Control-Allow-Credentials", "true")
+        if preflight:
+            self.set_header("Access-Control-Allow-Methods", "GET")
+            asked = self.request.headers.get("Access-Control-Request-Headers")
+            if asked:
+                self.set_header("Access-Control-Allow-Headers", asked)
+            self.set_header("Access-Control-Max-Age", "600")
+
     def _overrides(self, base: type, *names: str) -> bool:
         cls = type(self)
         key = (cls, base, names)
@@ -325,10 +372,13 @@ class EventSource(BaseHandler):
         store: stores.BaseStore,
         heartbeat_interval: float | None = None,
         retry: int | None = None,
+        allowed_origins: Sequence[str] | str | None = None,
     ) -> None:
-        """Bind to ``store``; registration happens once the stream is open."""
+        """Bind to ``store``; registration happens once the stream is open. Raises
+        ``TypeError`` for ``allowed_origins`` that are not ``"*"`` or origins."""
         self._bind(store)
         self._init_stream(heartbeat_interval, retry)
+        self._set_origins(allowed_origins)
 
     def _init_stream(self, heartbeat_interval: float | None, retry: int | None) -> None:
         self._done: asyncio.Future[None] | None = None
@@ -338,9 +388,18 @@ class EventSource(BaseHandler):
         self._heartbeat_slot = 0
 
     def prepare(self) -> None:
-        self._reserve()
+        if self.request.method != "OPTIONS":
+            self._reserve()
+
+    def options(self, *args: Any, **kwargs: Any) -> None:
+        """Answer a CORS preflight (204): the grant when the Origin is allowed (see
+        ``tornadose_allowed_origins``), nothing otherwise. Nothing is subscribed."""
+        self._grant_cors(preflight=True)
+        self.set_status(204)
+        self.finish()
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
+        self._grant_cors()
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
@@ -451,12 +510,24 @@ class WebSocketSubscriber(BaseHandler, WebSocketHandler):
     (compressed per connection); otherwise pre-built frames are written as they are.
     """
 
-    def initialize(self, store: stores.BaseStore) -> None:
+    def initialize(
+        self, store: stores.BaseStore, allowed_origins: Sequence[str] | str | None = None
+    ) -> None:
         """Bind to ``store``; registration happens once the WebSocket is open."""
         self._bind(store)
+        self._set_origins(allowed_origins)
 
     def prepare(self) -> None:
         self._reserve()
+
+    def check_origin(self, origin: str) -> bool:
+        """Whether a cross-origin WebSocket from ``origin`` may connect: with
+        ``tornadose_allowed_origins`` (or ``allowed_origins``), exactly the origins
+        listed (``"*"``: any); without, Tornado's rule (none). Same-origin requests
+        never get here: Tornado always lets them in."""
+        if self._allowed_origins() is None:
+            return super().check_origin(origin)
+        return self._origin_allowed(origin)
 
     @property
     def max_message_size(self) -> int:
@@ -642,13 +713,15 @@ class TopicEventSource(_TopicHandler, EventSource):
         registry: TopicRegistry,
         heartbeat_interval: float | None = None,
         retry: int | None = None,
+        allowed_origins: Sequence[str] | str | None = None,
     ) -> None:
         """Bind to ``registry``; the topics are read from the request."""
         self._bind_registry(registry)
         self._init_stream(heartbeat_interval, retry)
+        self._set_origins(allowed_origins)
 
     def prepare(self) -> None:
-        if self._resolve_topics():
+        if self.request.method != "OPTIONS" and self._resolve_topics():
             self._reserve()
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
@@ -675,15 +748,20 @@ class TopicWebSocketSubscriber(_TopicHandler, WebSocketSubscriber):
     ``{"event": "tornadose-subscribed", "data": {"topics": [<all its topics, sorted>]}}``:
     nothing of an unsubscribed topic follows it, and a newly subscribed latest-value
     topic's current value does. A request that is not such JSON, names a bad or
-    unknown topic, or would exceed ``max_topics_per_subscriber`` gets
+    unknown topic, a topic that :meth:`authorize_topics` denies, would exceed
+    ``max_topics_per_subscriber``, or comes faster than
+    ``tornadose_ws_requests_per_second`` (default 20, as many in a burst) gets
     ``{"event": "tornadose-error", "data": {"reason": "<what is wrong>", ...}}``; the
     connection stays open with its topics unchanged. Otherwise as
     :class:`WebSocketSubscriber`.
     """
 
-    def initialize(self, registry: TopicRegistry) -> None:  # type: ignore[override]
+    def initialize(  # type: ignore[override]
+        self, registry: TopicRegistry, allowed_origins: Sequence[str] | str | None = None
+    ) -> None:
         """Bind to ``registry``; the topics are read from the request."""
         self._bind_registry(registry)
+        self._set_origins(allowed_origins)
 
     def prepare(self) -> None:
         if self._resolve_topics(allow_empty=True):
@@ -696,6 +774,11 @@ class TopicWebSocketSubscriber(_TopicHandler, WebSocketSubscriber):
 
     def on_message(self, message: str | bytes) -> Awaitable[None] | None:
         """Apply a ``subscribe`` / ``unsubscribe`` request (see the class)."""
+        rate = self.settings.get("tornadose_ws_requests_per_second",
+                                 DEFAULT_WS_REQUESTS_PER_SECOND)
+        if rate and not self._within_rate(rate):
+            self._refuse(f"too many requests: at most {rate:g} per second", limit=rate)
+            return None
         try:
             request = orjson.loads(message)
         except orjson.JSONDecodeError:
@@ -772,6 +855,19 @@ class TopicWebSocketSubscriber(_TopicHandler, WebSocketSubscriber):
         self._notify(SUBSCRIBED_EVENT, {"topics": sorted(self.topics)})
         registry.snapshot(self, added)
 
+    _bucket: tuple[float, float] | None = None  # (tokens, when)
+
+    def _within_rate(self, rate: float) -> bool:
+        """A token bucket of ``rate`` requests per second, as many in a burst."""
+        now = time.monotonic()
+        tokens, last = self._bucket or (rate, now)
+        tokens = min(rate, tokens + (now - last) * rate)
+        if tokens < 1:
+            self._bucket = (tokens, now)
+            return False
+        self._bucket = (tokens - 1, now)
+        return True
+
     def _refuse(self, reason: str, **details: Any) -> None:
         self._notify(ERROR_EVENT, {"reason": reason, **details})
 
@@ -786,6 +882,19 @@ class TopicWebSocketSubscriber(_TopicHandler, WebSocketSubscriber):
                 self.write_message(frame[_ws_header_size(frame):])
             except WebSocketClosedError:
                 pass
+
+
+def _check_origins(origins: Sequence[str] | str) -> frozenset[str] | str:
+    """``"*"``, or the origins (``scheme://host[:port]``) in lower case. Raises
+    ``TypeError`` for anything else."""
+    if origins == "*":
+        return "*"
+    if isinstance(origins, str) or not all(isinstance(o, str) and "://" in o for o in origins):
+        raise TypeError(
+            f'allowed origins must be "*" or a list of origins like "https://example.com", '
+            f"got {origins!r}"
+        )
+    return frozenset(origin.lower().rstrip("/") for origin in origins)
 
 
 _limit_cache = [0.0, 0]  # [when read, RLIMIT_NOFILE soft limit]

@@ -237,13 +237,7 @@ class _RingStore(BaseStore):
 
     def _flush(self) -> None:
         self._flush_loop = None
-        times = self._pass_times
-        if times is None:
-            self._fanout.flush()
-        else:
-            start = _instruments.clock()
-            self._fanout.flush()
-            times.observe(_instruments.clock() - start)
+        _instruments.run_pass(self._pass_times, self._fanout.flush)
         if self._generic_pending:
             pending, self._generic_pending = self._generic_pending, []
             for subscriber in tuple(self._generic):

@@ -389,13 +389,7 @@ class TopicRegistry:
 
     def _flush(self) -> None:
         self._flush_loop = None
-        times = self._pass_times
-        if times is None:
-            self._fanout.flush()
-        else:
-            start = _instruments.clock()
-            self._fanout.flush()
-            times.observe(_instruments.clock() - start)
+        _instruments.run_pass(self._pass_times, self._fanout.flush)
 
     def publish(self) -> None:
         """Deliver everything submitted so far now, instead of at the end of this

@@ -51,6 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="N",
         help="server processes (default 1; more need --redis)",
     )
+    parser.add_argument(
+        "--entitlements",
+        action="store_true",
+        help="quotes and trades need ?user=pro (every symbol) or ?user=free (the first 10)",
+    )
     args = parser.parse_args(argv)
     if args.interval is not None:
         if args.interval <= 0:
@@ -206,6 +211,7 @@ def serve(args: argparse.Namespace, sockets: list[socket.socket], feed: bool = T
             redis=args.redis_kwargs,
             feed=feed,
             processes=args.processes,
+            entitlements=args.entitlements,
         )
         try:
             await demo.start()

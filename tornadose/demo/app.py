@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 from tornado.ioloop import PeriodicCallback
-from tornado.web import Application, RequestHandler, StaticFileHandler
+from tornado.web import Application, HTTPError, RequestHandler, StaticFileHandler
 
 from .. import backend
 from ..handlers import EventSource, TopicEventSource, TopicWebSocketSubscriber, WebSocketSubscriber
@@ -44,6 +44,8 @@ TRADES_STREAM = "tornadose-demo-trades"
 # The trades topics share one log: at the default 500 ticks/s, 65,536 ticks are ~2 min
 # of history for a reconnecting page to resume from (~8 MiB of frames).
 _TRADES_CAPACITY = 65536
+#: --entitlements: how many symbols (the first ones) the "free" demo user may see.
+FREE_SYMBOLS = 10
 # Seconds of samples behind the rates in /stats.
 _WINDOW = 5
 
@@ -69,8 +71,13 @@ class Demo:
         feed: bool = True,
         processes: int = 1,
         sse_retry: int = 1000,
+        entitlements: bool = False,
     ) -> None:
         self.symbols = symbols
+        #: With entitlements: which symbols each demo user may see (see _Entitled).
+        self.plans: dict[str, frozenset[str]] | None = None
+        if entitlements:
+            self.plans = {"pro": frozenset(symbols), "free": frozenset(symbols[:FREE_SYMBOLS])}
         self.rate = rate
         self.redis = redis
         self.processes = processes
@@ -104,11 +111,15 @@ class Demo:
 
     def routes(self) -> list[Any]:
         quotes, trades = {"registry": self.quotes}, {"registry": self.trades}
+        sse, ws = (_TopicSSE, _TopicWS) if self.plans is None else (_EntitledSSE, _EntitledWS)
+        if self.plans is not None:
+            quotes = {**quotes, "plans": self.plans}
+            trades = {**trades, "plans": self.plans}
         return [
-            (r"/quotes/sse(?:/([^/]+))?", _TopicSSE, quotes),
-            (r"/quotes/ws(?:/([^/]+))?", _TopicWS, quotes),
-            (r"/trades/sse(?:/([^/]+))?", _TopicSSE, trades),
-            (r"/trades/ws(?:/([^/]+))?", _TopicWS, trades),
+            (r"/quotes/sse(?:/([^/]+))?", sse, quotes),
+            (r"/quotes/ws(?:/([^/]+))?", ws, quotes),
+            (r"/trades/sse(?:/([^/]+))?", sse, trades),
+            (r"/trades/ws(?:/([^/]+))?", ws, trades),
             (r"/ticks/sse", EventSource, {"store": self.ticks}),
             (r"/ticks/ws", WebSocketSubscriber, {"store": self.ticks}),
             (r"/latest/sse", EventSource, {"store": self.latest}),
@@ -266,6 +277,41 @@ class _TopicWS(TopicWebSocketSubscriber):
         self.set_header("X-Served-By", str(os.getpid()))
 
 
+class _Entitled:
+    """``--entitlements``: who may see which symbols, as a licensed feed does it. The
+    user is the ``user`` query parameter (a stand-in for a signed cookie or a token:
+    this is a demo), ``pro`` sees every symbol, ``free`` the first FREE_SYMBOLS;
+    anyone else gets 401, and a symbol outside the plan 403 (or, over a WebSocket, a
+    ``forbidden`` error)."""
+
+    plans: dict[str, frozenset[str]]
+
+    def initialize(self, plans: dict[str, frozenset[str]], **kwargs: Any) -> None:
+        self.plans = plans
+        super().initialize(**kwargs)  # type: ignore[misc]
+
+    def get_current_user(self) -> str | None:
+        user = self.get_query_argument("user", None)  # type: ignore[attr-defined]
+        return user if user in self.plans else None
+
+    def prepare(self) -> Any:
+        if not self.current_user:  # type: ignore[attr-defined]
+            raise HTTPError(401, "demo users: ?user=pro or ?user=free")
+        return super().prepare()  # type: ignore[misc]
+
+    def authorize_topics(self, topics: list[str]) -> list[str]:
+        allowed = self.plans[self.current_user]  # type: ignore[attr-defined]
+        return [topic for topic in topics if topic in allowed]
+
+
+class _EntitledSSE(_Entitled, _TopicSSE):
+    pass
+
+
+class _EntitledWS(_Entitled, _TopicWS):
+    pass
+
+
 class _Relay:
     """With Redis: a subscriber of the channel's store that passes each tick on."""
 
@@ -293,7 +339,12 @@ class SymbolsHandler(RequestHandler):
     def get(self) -> None:
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-cache")
-        self.write(orjson.dumps(self.demo.symbols))
+        symbols = self.demo.symbols
+        plans = self.demo.plans
+        if plans is not None:  # --entitlements: only what ?user= may see
+            allowed = plans.get(self.get_query_argument("user", ""), frozenset())
+            symbols = [symbol for symbol in symbols if symbol in allowed]
+        self.write(orjson.dumps(symbols))
 
 
 class StatsHandler(RequestHandler):
