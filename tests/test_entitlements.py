@@ -137,6 +137,20 @@ async def test_refused_requests_never_subscribe_or_stream(serve):
             await _ws(port, "/ws")
         assert refused_ws.value.code == 401
     assert store.subscribers == set() and store.stats()["subscribers"] == 0
+    # The topic handlers too: refused before any topic is held or any byte streamed.
+    registry = TopicRegistry(QueueStore, max_subscribers=1)
+    port2 = await serve(_routes(QueueStore(), registry))
+    registry.submit("A", "a0")
+    for _ in range(3):
+        refused = await RawSSEClient.connect("127.0.0.1", port2, "/feed/sse/A")
+        assert refused.status == 401 and b"a0" not in await refused.read_body()
+        with pytest.raises(HTTPClientError) as refused_ws:
+            await _ws(port2, "/feed/ws/A")
+        assert refused_ws.value.code == 401
+    assert registry.connections == 0 and registry.stats()["subscribers"] == 0
+    feed = await RawSSEClient.connect("127.0.0.1", port2, "/feed/sse/A", headers=_auth("t-bob"))
+    assert feed.status == 200  # the one place is free
+    feed.close_fin()
     # The one place was never taken by a refused request.
     alice = await RawSSEClient.connect("127.0.0.1", port, "/sse", headers=_auth("t-alice"))
     assert alice.status == 200
