@@ -463,6 +463,46 @@ async def test_websocket_clients_that_reset_during_the_handshake(serve, caplog):
     steady.close_fin()
 
 
+@pytest.mark.parametrize("path", ["/sse", "/ws", "/feed/sse", "/feed/ws"])
+async def test_a_finished_connection_is_freed_without_the_garbage_collector(serve, path):
+    """No reference cycle through the handler: once its client is gone, a handler (with
+    its request, stream and buffers) is freed by reference counting, not left for the
+    cyclic collector (which a reconnect storm would make walk them again and again)."""
+    import gc
+    import weakref
+
+    from tornadose.handlers import TopicEventSource, TopicWebSocketSubscriber
+    from tornadose.topics import TopicRegistry
+
+    store, registry = QueueStore(), TopicRegistry(QueueStore)
+    port = await serve([*routes(store),
+                        (r"/feed/sse", TopicEventSource, {"registry": registry}),
+                        (r"/feed/ws", TopicWebSocketSubscriber, {"registry": registry})])
+    gc.collect()
+    gc.disable()
+    try:
+        if path.endswith("sse"):
+            client = await RawSSEClient.connect("127.0.0.1", port, path + "?topics=A")
+        else:
+            client = await TornadoWS.connect(port, path + "?topics=A")
+        await wait_until(lambda: len(store.subscribers) + registry.connections == 1)
+        (handler,) = store.subscribers or registry._handlers.values()
+        freed = weakref.ref(handler)
+        store.submit("x")
+        registry.submit("A", "x")
+        del handler
+        if path.endswith("sse"):
+            await client.read_events(1)
+            client.close_fin()
+        else:
+            await client.read(1)
+            await client.close()
+        await wait_until(lambda: len(store.subscribers) + registry.connections == 0)
+        await wait_until(lambda: freed() is None, timeout=2, what="the handler freed")
+    finally:
+        gc.enable()
+
+
 async def test_websocket_pings_follow_tornado_setting(serve, caplog):
     store = QueueStore()
     port = await serve(routes(store), websocket_ping_interval=0.05)
