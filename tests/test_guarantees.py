@@ -412,6 +412,26 @@ async def test_idle_streams_share_one_heartbeat_timer(serve):
     await wait_until(lambda: len(wheel) == 0 and wheel._timer is None, what="wheel emptied")
 
 
+async def test_an_open_stream_keeps_no_task_of_its_own(serve):
+    """Once an SSE stream is open, nothing of this package waits in the loop for it:
+    the only task per connection is Tornado's own connection loop."""
+    store = QueueStore()
+    port = await serve(routes(store))
+    before = len(asyncio.all_tasks())
+    clients = [await RawSSEClient.connect("127.0.0.1", port, "/sse") for _ in range(30)]
+    await wait_until(lambda: len(store.subscribers) == 30)
+    await asyncio.sleep(0.05)
+    assert len(asyncio.all_tasks()) - before <= 30, "more than one task per connection"
+    store.submit("x")
+    for client in clients:
+        assert [e.data for e in await client.read_events(1)] == ["x"]
+    store.close()  # ends every stream cleanly: the terminating chunk
+    for client in clients:
+        assert await client.read_until_closed() == []
+        client.close_fin()
+    await wait_until(lambda: len(asyncio.all_tasks()) <= before, what="tasks back")
+
+
 async def test_heartbeat_setting_from_the_application(serve):
     store = QueueStore()
     port = await serve(routes(store), sse_heartbeat_interval=0.05, sse_retry=0)

@@ -392,7 +392,7 @@ class EventSource(BaseHandler):
         self._set_origins(allowed_origins)
 
     def _init_stream(self, heartbeat_interval: float | None, retry: int | None) -> None:
-        self._done: asyncio.Future[None] | None = None
+        self._streaming = False  # subscribed and not yet ended
         self._heartbeat_interval = heartbeat_interval
         self._retry = retry
         self._heartbeat_wheel: _heartbeat.HeartbeatWheel | None = None
@@ -427,7 +427,6 @@ class EventSource(BaseHandler):
             if jitter:
                 retry *= random.uniform(1 - jitter, 1 + jitter)
             self.write(b"retry: %d\n\n" % max(1, round(retry)))
-        self._done = asyncio.get_running_loop().create_future()
         try:
             await self.flush()
         except StreamClosedError:
@@ -446,23 +445,22 @@ class EventSource(BaseHandler):
             self._resume_from(self._last_event_id())
             self._schedule_heartbeat()
         self._subscribe()
-        try:
-            await self._done
-        except asyncio.CancelledError:
-            # The event loop is ending (asyncio.run returning, Ctrl-C) or whoever runs
-            # this task cancelled it: a normal end of the stream. Finish the response
-            # first, so that Tornado does not try to send an error into a stream whose
-            # headers are long gone (and log that it cannot, once per stream).
-            self._end_quietly()
-            raise
+        self._streaming = True
+        # The response stays open after get() returns: Tornado finishes it only when
+        # told to (_end_stream). No task, coroutine or future waits per subscriber for
+        # the life of the stream (about 1.5 KB and a dozen objects the garbage
+        # collector would walk), and nothing is left to cancel when the loop ends.
+        self._auto_finish = False
 
-    def _end_quietly(self) -> None:
+    def _end_stream(self) -> None:
+        """End the response (the terminating chunk), once; quietly when the client is
+        already gone."""
         self._resolve()
         if not self._finished:
             try:
                 self.finish()
             except Exception:  # the connection is already gone: nothing to end
-                logger.debug("%r: could not finish on cancellation", self, exc_info=True)
+                logger.debug("%r: could not finish", self, exc_info=True)
 
     def publish(self, message: Any) -> Any:
         """Write one message as an SSE event (the generic path)."""
@@ -472,17 +470,19 @@ class EventSource(BaseHandler):
 
     def on_connection_close(self) -> None:
         super().on_connection_close()
-        self._resolve()
+        if self._auto_finish:
+            self._resolve()  # get() has not returned yet: Tornado finishes it
+        else:
+            self._end_stream()  # on_finish() runs, as for any finished request
 
     def _tornadose_end(self, revoked: bool = False) -> None:
-        self._resolve()
+        self._end_stream()
 
     def _resolve(self) -> None:
         if self._heartbeat_wheel is not None:
             self._heartbeat_wheel.discard(self, self._heartbeat_slot)
             self._heartbeat_wheel = None
-        if self._done is not None and not self._done.done():
-            self._done.set_result(None)
+        self._streaming = False
 
     def _schedule_heartbeat(self) -> None:
         interval = self._heartbeat_interval
@@ -496,7 +496,7 @@ class EventSource(BaseHandler):
             self._heartbeat_slot = self._heartbeat_wheel.add(self)
 
     def _heartbeat_visit(self) -> None:
-        if not self._targets or self._done is None or self._done.done():
+        if not self._targets or not self._streaming:
             return
         sinks = [subscriber._tornadose_sink for _, subscriber in self._targets]
         # Only idle streams need it: anything written since the last visit, or still
