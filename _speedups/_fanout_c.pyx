@@ -291,6 +291,12 @@ cdef class Fanout:
             data = _chunk(sse)
         else:
             data = sse
+        if sink.sock is not None and stream.socket is sink.sock and sink.wbuf._size == 0:
+            # Nothing queued: straight to the socket, as the fan-out writes (an idle
+            # stream's heartbeat costs a send(), not an IOStream write and its future).
+            if _send(sink, data) == _QUEUED:
+                self._wait_for_drain(sink)
+            return
         stream.write(data)
 
     cdef void _wait_for_drain(self, Sink sink) except *:

@@ -209,6 +209,12 @@ class Fanout:
             data = _chunk(sse)
         else:
             data = sse
+        if sink.send is not None and not stream.writing():
+            # Nothing queued: straight to the socket, as the fan-out writes (an idle
+            # stream's heartbeat costs a send(), not an IOStream write and its future).
+            if _send(sink, data) == QUEUED:
+                self._wait_for_drain(sink)
+            return
         stream.write(data)
 
     def _wait_for_drain(self, sink: Sink) -> None:
