@@ -53,8 +53,8 @@ OPTIONAL = {
     "latency": ["cython+nodelay"],
 }
 #: contenders fast enough to be run several times (median kept)
-FAST = {"cython", "cython+metrics", "python", "floor", "floor-msg", "floor-topics", "cython+nodelay",
-        "floor+nodelay", "floor-msg+nodelay", "bare-tornado"}
+FAST = {"cython", "cython+metrics", "python", "floor", "floor-msg", "floor-topics",
+        "cython+nodelay", "floor+nodelay", "floor-msg+nodelay", "bare-tornado"}
 SLOW = {"reference"}
 
 PRESETS = {
@@ -111,6 +111,11 @@ class Case:
     label: str = ""
     notes: list = field(default_factory=list)
     repeat: int = 1
+
+
+def with_n(params, n):
+    """A preset's parameters, with ``-n`` when it was given."""
+    return {**params, "n": n} if n else dict(params)
 
 
 def plan(args):
@@ -170,9 +175,7 @@ def plan(args):
                                        "cap": tp["cap"]},
                                       repeat=preset["repeat"] if c in FAST else 1))
     if "latency" in chosen:
-        lat = dict(preset["latency"])
-        if args.n:
-            lat["n"] = args.n
+        lat = with_n(preset["latency"], args.n)
         for c in contenders("latency"):
             cap = lat["slow_cap"] if c in SLOW else lat["cap"]
             cases.append(Case("latency", c, "sse", {**lat, "cap": cap}))
@@ -201,9 +204,7 @@ def plan(args):
                 cases.append(Case("sweep", c, "sse",
                                   {"n": sn, "m": m, "per_iter": min(100, m), "cap": cap}))
     if "storm" in chosen:
-        st = dict(preset["storm"])
-        if args.n:
-            st["n"] = args.n
+        st = with_n(preset["storm"], args.n)
         if wanted is None or "reference" in wanted:
             skipped.append("storm: no reference: tornadose 0.4.1 sends no event ids, so a "
                            "reconnection cannot resume (no Last-Event-ID)")
@@ -215,9 +216,7 @@ def plan(args):
             cases.append(Case("admission", c, "sse", {"n": args.n or ad["n"]},
                               repeat=ad["repeat"] if c in FAST else 1))
     if "soak" in chosen:
-        so = dict(preset["soak"])
-        if args.n:
-            so["n"] = args.n
+        so = with_n(preset["soak"], args.n)
         for c in contenders("soak"):
             cases.append(Case("soak", c, "both", so))
     return cases, list(dict.fromkeys(skipped))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 
 from tornado.httpclient import AsyncHTTPClient
 from tornado.testing import bind_unused_port
@@ -13,19 +11,23 @@ from tornado.testing import bind_unused_port
 from .helpers import TornadoWS
 from .redis_server import redis_py, redis_server  # noqa: F401  (fixtures)
 from .sseclient import RawSSEClient
+from .test_browser import DemoServer
+
+
+def _demo(*args: str) -> DemoServer:
+    """The demo on a free port, started: it has printed that it serves."""
+    sock, port = bind_unused_port()
+    sock.close()
+    demo = DemoServer(port, *args)
+    demo.start()
+    return demo
 
 
 async def test_demo_serves_page_streams_and_stats():
-    sock, port = bind_unused_port()
-    sock.close()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tornadose.demo", "--port", str(port), "--interval", "0.05"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    demo = _demo("--interval", "0.05")
+    port = demo.port
     http = AsyncHTTPClient()
     try:
-        assert b"tornadose demo" in proc.stdout.readline()
         page = await http.fetch(f"http://127.0.0.1:{port}/")
         assert b"new EventSource" in page.body and b"new WebSocket" in page.body
 
@@ -46,38 +48,21 @@ async def test_demo_serves_page_streams_and_stats():
         await asyncio.sleep(0.1)
     finally:
         http.close()
-        proc.terminate()
-        _, stderr = proc.communicate(timeout=10)
+        demo.stop()
+    stderr = demo.logged()
     assert b"Traceback" not in stderr and b"WARNING" not in stderr, stderr.decode()
 
 
 async def test_demo_processes_resume_trades_on_another_worker(redis_server):  # noqa: F811
     """--processes with --redis: the trades topics are views of one Redis stream, so a
     client cut from one worker resumes on another with every tick exactly once."""
-    sock, port = bind_unused_port()
-    sock.close()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tornadose.demo",
-            "--port",
-            str(port),
-            "--symbols",
-            "20",
-            "--rate",
-            "300",
-            "--processes",
-            "2",
-            "--redis",
-            f"redis://127.0.0.1:{redis_server.port}/0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    demo = _demo(
+        "--symbols", "20", "--rate", "300", "--processes", "2",
+        "--redis", f"redis://127.0.0.1:{redis_server.port}/0",
     )
+    port = demo.port
     http = AsyncHTTPClient()
     try:
-        assert b"tornadose demo" in proc.stdout.readline()
         symbols = json.loads((await http.fetch(f"http://127.0.0.1:{port}/symbols")).body)
         path = "/trades/sse?topics=" + ",".join(symbols)  # every symbol: every tick
 
@@ -102,26 +87,19 @@ async def test_demo_processes_resume_trades_on_another_worker(redis_server):  # 
         again.close_fin()
     finally:
         http.close()
-        proc.terminate()
-        _, stderr = proc.communicate(timeout=15)
+        demo.stop()
+    stderr = demo.logged()
     assert b"Traceback" not in stderr and b"ERROR" not in stderr, stderr.decode()
 
 
 async def test_demo_entitlements_mode():
     """--entitlements: ?user=free sees the first 10 symbols, ?user=pro all of them,
     anyone else nothing; the page's /symbols lists what the user may see."""
-    sock, port = bind_unused_port()
-    sock.close()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tornadose.demo", "--port", str(port), "--interval", "0.01",
-         "--symbols", "20", "--entitlements"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    demo = _demo("--interval", "0.01", "--symbols", "20", "--entitlements")
+    port = demo.port
     http = AsyncHTTPClient()
     base = f"http://127.0.0.1:{port}"
     try:
-        assert b"tornadose demo" in proc.stdout.readline()
         everything = json.loads((await http.fetch(base + "/symbols?user=pro")).body)
         free = json.loads((await http.fetch(base + "/symbols?user=free")).body)
         assert len(everything) == 20 and free == everything[:10]
@@ -143,8 +121,8 @@ async def test_demo_entitlements_mode():
         await asyncio.sleep(0.1)
     finally:
         http.close()
-        proc.terminate()
-        _, stderr = proc.communicate(timeout=10)
+        demo.stop()
+    stderr = demo.logged()
     # 401/403 are access-log WARNINGs by Tornado's convention; nothing else may appear.
     problems = [line for line in stderr.decode().splitlines()
                 if ("WARNING" in line or "ERROR" in line or "Traceback" in line)

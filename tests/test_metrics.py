@@ -36,6 +36,7 @@ from tornadose.topics import TopicRegistry  # noqa: E402
 
 from .helpers import TornadoWS, wait_until  # noqa: E402
 from .sseclient import RawSSEClient  # noqa: E402
+from .test_browser import DemoServer  # noqa: E402
 
 REQUIRED = os.environ.get("TORNADOSE_REQUIRE_PROMETHEUS") == "1"
 
@@ -228,10 +229,8 @@ async def test_prometheus_scrapes_the_demo():
     sock.close()
     sock, prom_port = bind_unused_port()
     sock.close()
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "tornadose.demo", "--port", str(port), "--interval", "0.05"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
+    demo = DemoServer(port, "--interval", "0.05")
+    demo.start()
     workdir = Path(tempfile.mkdtemp(prefix="tornadose-prometheus-"))
     config = workdir / "prometheus.yml"
     config.write_text(
@@ -242,7 +241,7 @@ async def test_prometheus_scrapes_the_demo():
     server = subprocess.Popen(
         [prometheus, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
          f"--web.listen-address=127.0.0.1:{prom_port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     http = AsyncHTTPClient()
 
@@ -266,7 +265,6 @@ async def test_prometheus_scrapes_the_demo():
         raise AssertionError(f"{promql}: {value} after {timeout} s")
 
     try:
-        assert b"tornadose demo" in demo.stdout.readline()
         clients = [await RawSSEClient.connect("127.0.0.1", port, "/ticks/sse") for _ in range(3)]
         for client in clients:
             await client.read_events(1)
@@ -282,8 +280,8 @@ async def test_prometheus_scrapes_the_demo():
     finally:
         http.close()
         server.terminate()
-        demo.terminate()
-        _, demo_err = demo.communicate(timeout=10)
+        demo.stop()
         server.communicate(timeout=10)
         shutil.rmtree(workdir, ignore_errors=True)
+    demo_err = demo.logged()
     assert b"Traceback" not in demo_err and b"WARNING" not in demo_err, demo_err.decode()

@@ -325,18 +325,19 @@ class BaseHandler(RequestHandler):
             checked = app._tornadose_origins = (setting, _check_origins(setting))
         return checked[1]
 
-    def _origin_allowed(self, origin: str) -> bool:
-        origins = self._allowed_origins()
-        return origins is not None and (origins == "*" or origin.lower() in origins)
+    @staticmethod
+    def _origin_in(origin: str, origins: frozenset[str] | str) -> bool:
+        return origins == "*" or origin.lower() in origins
 
     def _grant_cors(self, preflight: bool = False) -> None:
         """CORS for a cross-origin EventSource (``withCredentials`` too): the request's
         Origin echoed back when it is allowed, nothing otherwise."""
-        if self._allowed_origins() is None:
+        origins = self._allowed_origins()
+        if origins is None:
             return
         self.add_header("Vary", "Origin")
         origin = self.request.headers.get("Origin")
-        if not origin or not self._origin_allowed(origin):
+        if not origin or not self._origin_in(origin, origins):
             return
         self.set_header("Access-Control-Allow-Origin", origin)
         self.set_header("Access-Control-Allow-Credentials", "true")
@@ -536,9 +537,10 @@ class WebSocketSubscriber(BaseHandler, WebSocketHandler):
         ``tornadose_allowed_origins`` (or ``allowed_origins``), exactly the origins
         listed (``"*"``: any); without, Tornado's rule (none). Same-origin requests
         never get here: Tornado always lets them in."""
-        if self._allowed_origins() is None:
+        origins = self._allowed_origins()
+        if origins is None:
             return super().check_origin(origin)
-        return self._origin_allowed(origin)
+        return self._origin_in(origin, origins)
 
     @property
     def max_message_size(self) -> int:

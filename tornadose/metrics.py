@@ -68,6 +68,16 @@ __all__ = ["DISCONNECT_REASONS", "MetricsHandler", "TornadoseCollector", "instal
 #: The ``reason`` label values of ``tornadose_disconnects_total``.
 DISCONNECT_REASONS = ("client", "lapped", "timed_out", "revoked", "closed")
 _BOUNDS = [repr(bound) for bound in _instruments.PASS_BUCKETS] + ["+Inf"]
+# (family, stats() key) of the series that are one number per store or registry.
+_ONE_NUMBER = (
+    ("messages", "messages"),
+    ("deliveries", "delivered"),
+    ("writes", "writes"),
+    ("rejected", "rejected"),
+    ("retained", "retained"),
+    ("retained_bytes", "retained_bytes"),
+    ("max_lag", "max_lag"),
+)
 
 
 class TornadoseCollector(Collector):
@@ -85,42 +95,32 @@ class TornadoseCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         families = self._families()
-        subscribers, messages, deliveries, writes, disconnects, resumes, rejected = (
-            families[key]
-            for key in ("subscribers", "messages", "deliveries", "writes", "disconnects",
-                        "resumes", "rejected")
-        )
-        retained, retained_bytes, max_lag, fanout = (
-            families[key] for key in ("retained", "retained_bytes", "max_lag", "fanout")
-        )
         for name, instrumented in _instruments.live():
             stats = instrumented.stats()
             labels = [name]
-            subscribers.add_metric(labels, stats.get("connections", stats["subscribers"]))
-            messages.add_metric(labels, stats["messages"])
-            deliveries.add_metric(labels, stats["delivered"])
-            writes.add_metric(labels, stats["writes"])
+            families["subscribers"].add_metric(
+                labels, stats.get("connections", stats["subscribers"])
+            )
+            for family, key in _ONE_NUMBER:
+                families[family].add_metric(labels, stats[key])
             known = {reason: stats.get(reason, 0) for reason in DISCONNECT_REASONS[1:]}
             with self._lock:
                 client = max(self._client_seen.get(name, 0),
                              stats["disconnected"] - sum(known.values()))
                 self._client_seen[name] = client
+            disconnects = families["disconnects"]
             disconnects.add_metric([name, "client"], client)
             for reason, count in known.items():
                 disconnects.add_metric([name, reason], count)
-            resumes.add_metric([name, "exact"], stats["resumed"])
-            resumes.add_metric([name, "gap"], stats["gaps"])
-            rejected.add_metric(labels, stats["rejected"])
-            retained.add_metric(labels, stats["retained"])
-            retained_bytes.add_metric(labels, stats["retained_bytes"])
-            max_lag.add_metric(labels, stats["max_lag"])
+            families["resumes"].add_metric([name, "exact"], stats["resumed"])
+            families["resumes"].add_metric([name, "gap"], stats["gaps"])
             times = instrumented._pass_times
             if times is not None:
                 cumulative, buckets = 0, []
                 for bound, count in zip(_BOUNDS, times.buckets):
                     cumulative += count
                     buckets.append((bound, cumulative))
-                fanout.add_metric(labels, buckets, times.sum)
+                families["fanout"].add_metric(labels, buckets, times.sum)
         yield from families.values()
 
     @staticmethod
