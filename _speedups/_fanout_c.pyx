@@ -80,7 +80,12 @@ cdef class Sink:
         # Straight to the socket only where that is provably the same as IOStream.write:
         # a plain TCP IOStream whose internals are the ones this code knows. TLS streams
         # (a subclass) keep their own state, so they and anything else take the IOStream path.
-        if type(stream) is IOStream and stream.socket is not None:
+        if getattr(type(stream), "tornadose_raw", False) and stream.socket is not None:
+            # A detached stream (tornadose._rawstream): its own _size counts what it queued.
+            self.sock = stream.socket
+            self.fd = self.sock.fileno()
+            self.wbuf = stream
+        elif type(stream) is IOStream and stream.socket is not None:
             wbuf = getattr(stream, "_write_buffer", None)
             if wbuf is not None and isinstance(getattr(wbuf, "_size", None), int):
                 self.sock = stream.socket

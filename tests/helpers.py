@@ -97,3 +97,15 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+def server_stream(handler: Any) -> Any:
+    """The stream a subscriber's handler writes to on the server: its detached socket
+    (tornadose._rawstream), its WebSocket's, or its HTTP connection's IOStream."""
+    raw = getattr(handler, "_raw", None)
+    if raw is not None:
+        return raw
+    ws = getattr(handler, "ws_connection", None)
+    if ws is not None:
+        return ws.stream
+    return handler.request.connection.stream

@@ -23,10 +23,11 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
+import tornadose
 from tornadose.handlers import EventSource, WebSocketSubscriber
 from tornadose.stores import GAP_EVENT, DataStore, QueueStore
 
-from .helpers import LibWS, TornadoWS, wait_until
+from .helpers import LibWS, TornadoWS, server_stream, wait_until
 from .rawws import RawWS
 from .sseclient import RawSSEClient
 
@@ -136,7 +137,7 @@ async def test_store_restart_gives_gap_notice_then_live_data():
     sockets = bind_sockets(0, "127.0.0.1")
     port = sockets[0].getsockname()[1]
     first_store = QueueStore()
-    first = HTTPServer(Application(routes(first_store)))
+    first = tornadose.make_server(Application(routes(first_store)))
     first.add_sockets(sockets)
     client = await RawSSEClient.connect("127.0.0.1", port, "/sse")
     await wait_until(lambda: len(first_store.subscribers) == 1)
@@ -226,10 +227,10 @@ async def test_half_open_client_is_dropped_after_the_write_timeout(serve):
     await wait_until(lambda: len(store.subscribers) == 2)
     frozen_port = frozen.writer.get_extra_info("sockname")[1]
     frozen_handler = next(
-        h for h in store.subscribers if h.request.connection.stream.socket.getpeername()[1] == frozen_port
+        h for h in store.subscribers if server_stream(h).socket.getpeername()[1] == frozen_port
     )
     # No send-buffer autotuning: the frozen client's socket fills after a few KB.
-    frozen_handler.request.connection.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    server_stream(frozen_handler).socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     for i in range(40):
         store.submit("y" * 1000)
         await reader.read_events(1)
@@ -566,16 +567,24 @@ async def test_stopping_the_server_ends_every_stream_cleanly():
     assert len(store.subscribers) == 0
 
 
-async def test_stopping_the_server_alone_ends_sse_streams_cleanly():
+async def test_stopping_a_tornadose_server_alone_ends_every_stream_cleanly():
+    """close_all_connections() of a tornadose server (listen/make_server) also ends the
+    streams detached from Tornado: SSE with the terminating chunk, WebSockets 1001."""
     store = QueueStore()
-    server, port = start_server(store)
+    server = tornadose.make_server(Application(routes(store)))
+    sockets = bind_sockets(0, "127.0.0.1")
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
     sse = [await RawSSEClient.connect("127.0.0.1", port, "/sse") for _ in range(5)]
-    await wait_until(lambda: len(store.subscribers) == 5)
+    ws = await TornadoWS.connect(port, "/ws")
+    await wait_until(lambda: len(store.subscribers) == 6)
     server.stop()
     await server.close_all_connections()
     for client in sse:
         await client.read_until_closed(timeout=5)
         assert client.closed_by_server
+    assert await ws.conn.read_message() is None
+    assert ws.conn.close_code == 1001
     await wait_until(lambda: len(store.subscribers) == 0)
 
 

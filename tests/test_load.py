@@ -13,7 +13,7 @@ import psutil
 from tornadose.handlers import EventSource, WebSocketSubscriber
 from tornadose.stores import DataStore, QueueStore
 
-from .helpers import LibWS, TornadoWS, submit_in_bursts, wait_until
+from .helpers import LibWS, TornadoWS, server_stream, submit_in_bursts, wait_until
 from .sseclient import RawSSEClient
 
 
@@ -94,7 +94,7 @@ async def test_reset_in_the_middle_of_a_write_drops_the_subscriber_cleanly(serve
     ws = await TornadoWS.connect(port, "/ws")
     await wait_until(lambda: len(store.subscribers) == 2)
     sse_handler = next(h for h in store.subscribers if isinstance(h, EventSource))
-    stream = sse_handler.request.connection.stream
+    stream = server_stream(sse_handler)
     stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # no autotuning
     store.submit("x" * 500_000)  # far more than the socket takes: the rest waits in IOStream
     await asyncio.sleep(0.05)

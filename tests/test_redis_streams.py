@@ -23,7 +23,7 @@ from tornadose.handlers import EventSource, WebSocketSubscriber
 from tornadose.stores import GAP_EVENT, RedisStreamStore
 
 from . import redis_server as fixtures
-from .helpers import LibWS, TornadoWS, wait_until
+from .helpers import LibWS, TornadoWS, server_stream, wait_until
 from .redis_server import RedisServer, connect_to_worker, free_port, stream_workers
 from .sseclient import RawSSEClient
 
@@ -383,7 +383,7 @@ async def test_clients_leaving_or_frozen_during_their_backfill_leave_nothing_beh
         )
         await wait_until(lambda: len(a.store.subscribers) == len(clients))
         for handler in a.store.subscribers:  # no send-buffer autotuning: they fill up
-            handler.request.connection.stream.socket.setsockopt(
+            server_stream(handler).socket.setsockopt(
                 socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
             )
     frozen, leaving = clients

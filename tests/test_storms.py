@@ -10,7 +10,7 @@ import time
 from tornadose.handlers import EventSource
 from tornadose.stores import GAP_EVENT, QueueStore
 
-from .helpers import wait_until
+from .helpers import server_stream, wait_until
 from .sseclient import RawSSEClient
 
 N = 100
@@ -67,7 +67,7 @@ async def test_every_subscriber_cut_at_once_comes_back_spread_out_and_exact(serv
     await asyncio.sleep(0.3)
     cut_at = time.monotonic()
     for handler in list(store.subscribers):  # the blip: every connection dropped
-        handler.request.connection.stream.close()
+        server_stream(handler).close()
     await wait_until(lambda: all(c.cut.is_set() for c in clients), what="every client cut")
     await wait_until(lambda: all(c.back_at for c in clients) and len(store.subscribers) == N)
     await asyncio.sleep(0.3)

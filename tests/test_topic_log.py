@@ -20,7 +20,7 @@ from tornadose.handlers import (
 from tornadose.stores import DataStore, QueueStore
 from tornadose.topics import TopicRegistry
 
-from .helpers import LibWS, TornadoWS, wait_until
+from .helpers import LibWS, TornadoWS, server_stream, wait_until
 from .sseclient import RawSSEClient
 
 
@@ -264,9 +264,7 @@ def nodelay(sock: socket.socket) -> bool:
 
 
 def server_socket(handler) -> socket.socket:
-    ws = getattr(handler, "ws_connection", None)
-    stream = ws.stream if ws is not None else handler.request.connection.stream
-    return stream.socket
+    return server_stream(handler).socket
 
 
 @pytest.mark.parametrize("setting", [None, False])

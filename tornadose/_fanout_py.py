@@ -59,7 +59,8 @@ class Sink:
         # Straight to the socket only where that is provably the same as IOStream.write:
         # a plain TCP IOStream. TLS streams (a subclass) keep their own state, so they
         # and anything else take the IOStream path.
-        sock = stream.socket if type(stream) is IOStream else None
+        direct = type(stream) is IOStream or getattr(type(stream), "tornadose_raw", False)
+        sock = stream.socket if direct else None
         self.send = sock.send if sock is not None else None  # None: closed already
 
     @property

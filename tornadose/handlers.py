@@ -28,11 +28,15 @@ from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 
 import orjson
+from tornado.escape import json_encode
 from tornado.iostream import StreamClosedError
 from tornado.web import RequestHandler
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from . import _heartbeat, stores
+from ._rawstream import RawStream, can_take_over, take_over
+from ._websocket import Handshake
+from ._wsproto import data_frame
 from .fanout import FORMAT_SSE, FORMAT_SSE_CHUNKED, FORMAT_WS, Sink
 from .frames import encode_message, sse_event, ws_data_body, ws_text_frame
 from .topicfanout import TopicSink
@@ -79,6 +83,15 @@ DEFAULT_WS_MAX_INCOMING = 64 * 1024
 # ``tornadose_ws_requests_per_second`` (0 disables).
 DEFAULT_WS_REQUESTS_PER_SECOND = 20
 _HEARTBEAT = b":\n"
+# Tornado's response state of a handler (RequestHandler and WebSocketHandler, 6.x), and
+# ours that only opening the stream needs: dropped once a stream is detached (see
+# BaseHandler._shed). Everything else stays: the request, the application's attributes.
+_RESPONSE_STATE = frozenset({
+    "ui", "_headers", "_write_buffer", "_transforms", "_prepared_future",
+    "_headers_written", "_reason", "_xsrf_token", "_locale", "_active_modules",
+    "_new_cookie", "open_args", "open_kwargs", "_outbox", "_draining", "_retry",
+    "_heartbeat_interval", "_tornadose_last_event_id", "_reserved",
+})
 # (handler class, base, method names) -> whether the class overrides one of them.
 _OVERRIDES: dict[tuple[type, type, tuple[str, ...]], bool] = {}
 
@@ -98,6 +111,11 @@ class BaseHandler(RequestHandler):
     # _Subscription per topic store. Empty until known, so that closing early is safe.
     _targets: Sequence[tuple[stores.BaseStore, Any]] = ()
     _reserved: Sequence[Any] = ()
+    # The socket, once the stream is detached from Tornado (see _shed); None otherwise.
+    _raw: RawStream | None = None
+    # Methods that, overridden by a subclass, need Tornado's connection for the life of
+    # the stream: such handlers are not detached.
+    _DETACH_HOOKS: tuple[str, ...] = ("on_connection_close", "on_finish")
 
     def initialize(self, store: stores.BaseStore) -> None:
         """Bind to ``store`` and register with it. Raises ``TypeError`` when ``store``
@@ -284,9 +302,57 @@ class BaseHandler(RequestHandler):
         self._close_stream()
 
     def _close_stream(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
+            return
         stream = self.request.connection.stream  # type: ignore[union-attr]
         if stream is not None and not stream.closed():
             stream.close()
+
+    def _detachable(self, base: type) -> bool:
+        """Whether this connection's stream may leave Tornado once open: a fast-path
+        handler whose class overrides none of ``base``'s lifecycle hooks, on a plain-TCP
+        HTTP/1 connection, unless the Application setting ``tornadose_detach_streams``
+        is False."""
+        if not self.settings.get("tornadose_detach_streams", True):
+            return False
+        connection = self.request.connection
+        return (
+            hasattr(connection, "detach")
+            and can_take_over(getattr(connection, "stream", None))
+            and self._fast_path(base)
+            and not self._overrides(base, *self._DETACH_HOOKS)
+            # Stores of this package write frames to the socket themselves; any other
+            # store calls publish(), which needs Tornado's connection.
+            and all(hasattr(store, "_write_extra") for store, _ in self._targets)
+        )
+
+    def _track(self, stream: Any) -> None:
+        # A tornadose server (listen/make_server) ends detached streams in its
+        # close_all_connections(), as Tornado ends the connections it still serves.
+        server = getattr(stream, "_tornadose_server", None)
+        if server is not None:
+            server._tornadose_detached.add(self)
+
+    def _shed_soon(self) -> None:
+        # After Tornado's _execute has returned: it still reads its request state.
+        assert self._raw is not None
+        self._raw.io_loop.add_callback(self._shed)
+
+    def _shed(self) -> None:
+        """Let go of what only answering the request needed once the stream is
+        detached: Tornado's HTTP connection objects (and with them its IOStream and the
+        task serving the connection), the response state, the UI namespace. The
+        request stays (``self.request``, ``get_argument()``, ``current_user`` work as
+        before, for ``disconnect()`` predicates), as does every attribute the
+        application set; ``request.connection`` is None from here on."""
+        request = self.request
+        request.connection = None
+        request.server_connection = None
+        state = self.__dict__
+        kept = {name: value for name, value in state.items() if name not in _RESPONSE_STATE}
+        state.clear()
+        state.update(kept)
 
     def _drop(self) -> None:
         """Deregister and close the connection (a subscriber that cannot be served)."""
@@ -392,6 +458,8 @@ class EventSource(BaseHandler):
         self._init_stream(heartbeat_interval, retry)
         self._set_origins(allowed_origins)
 
+    _chunked = False  # a detached stream's body is chunked (HTTP/1.1)
+
     def _init_stream(self, heartbeat_interval: float | None, retry: int | None) -> None:
         self._streaming = False  # subscribed and not yet ended
         self._heartbeat_interval = heartbeat_interval
@@ -432,17 +500,25 @@ class EventSource(BaseHandler):
             await self.flush()
         except StreamClosedError:
             return
-        stream = self.request.connection.stream  # type: ignore[union-attr]
+        connection = self.request.connection
+        stream = connection.stream  # type: ignore[union-attr]
         if stream.closed():
             return
         self._set_nodelay(stream)
+        detach = False
         if self._fast_path(EventSource):
-            connection = self.request.connection
             chunked = getattr(connection, "_chunking_output", self.request.version == "HTTP/1.1")
-            self._attach(
-                connection.stream,  # type: ignore[union-attr]
-                FORMAT_SSE_CHUNKED if chunked else FORMAT_SSE,
-            )
+            detach = self._detachable(EventSource)
+            if detach:
+                # The headers are out: from here on the socket is all the stream needs.
+                self._track(stream)
+                self.detach()
+                raw, _ = take_over(stream)  # type: ignore[misc]
+                raw.set_close_callback(self.on_connection_close)
+                raw.start_reading()
+                self._raw = stream = raw
+                self._chunked = chunked
+            self._attach(stream, FORMAT_SSE_CHUNKED if chunked else FORMAT_SSE)
             self._resume_from(self._last_event_id())
             self._schedule_heartbeat()
         self._subscribe()
@@ -452,11 +528,21 @@ class EventSource(BaseHandler):
         # the life of the stream (about 1.5 KB and a dozen objects the garbage
         # collector would walk), and nothing is left to cancel when the loop ends.
         self._auto_finish = False
+        if detach:
+            # Tornado logs a request when it finishes; a detached stream is logged as
+            # it opens, as Tornado logs a WebSocket's upgrade.
+            self._log()
+            self._shed_soon()
 
     def _end_stream(self) -> None:
         """End the response (the terminating chunk), once; quietly when the client is
         already gone."""
         self._resolve()
+        raw = self._raw
+        if raw is not None:
+            self.on_finish()  # as Tornado's finish() would
+            raw.end(b"0\r\n\r\n" if self._chunked else b"")  # the terminating chunk
+            return
         if not self._finished:
             try:
                 self.finish()
@@ -476,7 +562,7 @@ class EventSource(BaseHandler):
         else:
             self._end_stream()  # on_finish() runs, as for any finished request
 
-    def _tornadose_end(self, revoked: bool = False) -> None:
+    def _tornadose_end(self, revoked: bool = False, reason: str = "store closed") -> None:
         self._end_stream()
 
     def _resolve(self) -> None:
@@ -546,20 +632,48 @@ class WebSocketSubscriber(BaseHandler, WebSocketHandler):
     def max_message_size(self) -> int:
         return self.settings.get("websocket_max_message_size", DEFAULT_WS_MAX_INCOMING)
 
+    _DETACH_HOOKS = (
+        "on_message", "on_close", "on_connection_close", "on_ws_connection_close",
+        "on_ping", "on_pong", "on_finish", "select_subprotocol", "get_compression_options",
+        "write_message", "close", "ping",
+    )
+
+    @property
+    def _detach_base(self) -> type:
+        # The class whose hooks are ours: a topic socket's on_message is the protocol.
+        if isinstance(self, TopicWebSocketSubscriber):
+            return TopicWebSocketSubscriber
+        return WebSocketSubscriber
+
+    def get_websocket_protocol(self) -> Any:
+        # The detached path answers the upgrade itself when nothing needs Tornado's
+        # protocol object for the life of the socket (compression, a subprotocol, a
+        # subclass hook); Tornado has checked the request already.
+        if (
+            self.request.headers.get("Sec-WebSocket-Version") == "13"
+            and self.get_compression_options() is None
+            and self._detachable(self._detach_base)
+        ):
+            return Handshake()
+        return super().get_websocket_protocol()
+
     def open(self, *args: Any, **kwargs: Any) -> None:
         connection = self.ws_connection
-        if connection is None or connection.stream.closed():  # type: ignore[attr-defined]
-            return  # the client left during the handshake: nothing to subscribe
-        self._set_nodelay(connection.stream)  # type: ignore[attr-defined]
+        stream: Any = self._raw
+        if stream is None:
+            if connection is None:
+                return  # the client left during the handshake: nothing to subscribe
+            stream = connection.stream  # type: ignore[attr-defined]
+        if stream.closed():
+            return
+        self._set_nodelay(stream)
         if self._fast_path(WebSocketSubscriber):
             compressed = getattr(connection, "_compressor", None) is not None
-            self._attach(
-                connection.stream,  # type: ignore[attr-defined]
-                FORMAT_WS,
-                self._write_frames if compressed else None,
-            )
+            self._attach(stream, FORMAT_WS, self._write_frames if compressed else None)
             self._resume_from(self.get_query_argument("last_event_id", None, strip=False) or None)
         self._subscribe()
+        if self._raw is not None:
+            self._start_pinging()
 
     def on_message(self, message: str | bytes) -> None:
         """Ignore client messages: this socket only publishes."""
@@ -587,9 +701,77 @@ class WebSocketSubscriber(BaseHandler, WebSocketHandler):
         return self.write_message(ws_data_body(json_value))
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
-        # Stop raw writes before Tornado sends its close frame: nothing may follow it.
+        # Stop raw writes before the close frame: nothing may follow it.
         self._unsubscribe()
+        if self._raw is not None:
+            self._raw.close_handshake(code, reason)  # type: ignore[attr-defined]
+            return
         super().close(code, reason)
+
+    def write_message(
+        self, message: bytes | str | dict[str, Any], binary: bool = False
+    ) -> Any:
+        """As Tornado's; on a detached socket the frame goes after everything queued."""
+        raw: Any = self._raw
+        if raw is None:
+            return super().write_message(message, binary)
+        if raw.is_closing():
+            raise WebSocketClosedError()
+        if isinstance(message, dict):
+            message = json_encode(message)
+        payload = message.encode("utf-8") if isinstance(message, str) else message
+        return raw.send_frame(data_frame(payload, binary))
+
+    def ping(self, data: str | bytes = b"") -> None:
+        """As Tornado's (at most 125 bytes)."""
+        raw: Any = self._raw
+        if raw is None:
+            super().ping(data)
+            return
+        if raw.is_closing():
+            raise WebSocketClosedError()
+        payload = data.encode("utf-8") if isinstance(data, str) else data
+        if len(payload) > 125:
+            raise ValueError("ping data must be at most 125 bytes")
+        raw.ping(payload)
+
+    _ping_wheel: _heartbeat.HeartbeatWheel | None = None
+    _ping_slot = 0
+
+    def _start_pinging(self) -> None:
+        """``websocket_ping_interval`` on a detached socket: the loop's wheel visits it
+        once per interval (see :mod:`tornadose._heartbeat`)."""
+        interval = self.ping_interval
+        if interval:
+            self._ping_wheel = _heartbeat.wheel(interval)
+            self._ping_slot = self._ping_wheel.add(self)
+
+    def _heartbeat_visit(self) -> None:
+        # A ping per visit; an unanswered one older than websocket_ping_timeout (default
+        # the interval) at a visit ends the connection, as Tornado does.
+        raw: Any = self._raw
+        if raw is None or raw.is_closing():
+            return
+        now = self._ping_wheel._loop.time()  # type: ignore[union-attr]
+        timeout = self.ping_timeout
+        if timeout is None:
+            timeout = self.ping_interval
+        if timeout and raw.ping_sent is not None and now - raw.ping_sent >= timeout:
+            logger.debug("%r: no pong within %s s; closing", self, timeout)
+            raw.close()
+            return
+        raw.ping()
+        if raw.ping_sent is None:
+            raw.ping_sent = now
+
+    def _ws_closed(self, code: int | None, reason: str | None) -> None:
+        """The detached socket closed (for any reason): as Tornado's on_close path."""
+        if self._ping_wheel is not None:
+            self._ping_wheel.discard(self, self._ping_slot)
+            self._ping_wheel = None
+        self.close_code = code
+        self.close_reason = reason
+        self.on_close()
 
     def _write_frames(self, frames: list[bytes]) -> None:
         for frame in frames:
@@ -599,15 +781,18 @@ class WebSocketSubscriber(BaseHandler, WebSocketHandler):
                 return
 
     def _close_stream(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
+            return
         connection = self.ws_connection
         if connection is not None:
             connection.stream.close()  # type: ignore[union-attr]
 
-    def _tornadose_end(self, revoked: bool = False) -> None:
+    def _tornadose_end(self, revoked: bool = False, reason: str = "store closed") -> None:
         if revoked:
             self.close(1008, "revoked")  # policy violation: the server withdrew access
         else:
-            self.close(1001, "store closed")
+            self.close(1001, reason)
 
 
 class _TopicHandler:
@@ -935,3 +1120,4 @@ def _valid(name: str) -> bool:
 def _ws_header_size(frame: bytes) -> int:
     length = frame[1] & 0x7F
     return 2 if length < 126 else 4 if length == 126 else 10
+

@@ -20,6 +20,7 @@ import errno
 import logging
 import resource
 import socket
+import weakref
 from collections.abc import Iterable
 from typing import Any, Callable
 
@@ -70,6 +71,25 @@ def make_server(app: Application, **server_kwargs: Any) -> HTTPServer:
 
 
 class _Server(HTTPServer):
+    """Tornado's HTTPServer with the accept loop of this module, which also ends the
+    streams its handlers detached (see ``tornadose._rawstream``) in
+    :meth:`close_all_connections`: Tornado no longer knows them."""
+
+    _tornadose_detached: weakref.WeakSet[Any]
+
+    def handle_stream(self, stream: Any, address: Any) -> None:
+        if not hasattr(self, "_tornadose_detached"):
+            self._tornadose_detached = weakref.WeakSet()
+        stream._tornadose_server = self  # read by a handler when it detaches the stream
+        super().handle_stream(stream, address)
+
+    async def close_all_connections(self) -> None:
+        """Close every connection, SSE streams and WebSockets included (SSE responses
+        end with their terminating chunk, WebSockets close with 1001)."""
+        await super().close_all_connections()
+        for handler in list(getattr(self, "_tornadose_detached", ())):
+            handler._tornadose_end(reason="server stopping")
+
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
         for sock in sockets:
             self._sockets[sock.fileno()] = sock
