@@ -21,6 +21,13 @@ def _topic_groups(doc):
             for t in ("sse", "ws") if _records(doc, "topics", t, per_iter=k)]
 
 
+def _idle_groups(doc):
+    """(transport, n) of the idle records, in table order."""
+    recs = _records(doc, "idle")
+    return [(t, n) for n in dict.fromkeys(r["params"]["n"] for r in recs)
+            for t in ("sse", "ws") if _records(doc, "idle", t, n=n)]
+
+
 def _by(records):
     return {r["contender"]: r for r in records}
 
@@ -70,11 +77,12 @@ def add_ratios(doc):
             bp99 = ((lat.get(base) or {}).get("latency") or {}).get("p99_ms")
             if p99 and bp99:
                 r[key] = p99 / bp99
-    idle = _by(_records(doc, "idle"))
-    ref = idle.get("reference")
-    for r in idle.values():
-        if ref and r.get("bytes_per_subscriber") and ref.get("bytes_per_subscriber"):
-            r["ref_over"] = ref["bytes_per_subscriber"] / r["bytes_per_subscriber"]
+    for transport, n in _idle_groups(doc):
+        idle = _by(_records(doc, "idle", transport, n=n))
+        ref = idle.get("reference")
+        for r in idle.values():
+            if ref and r.get("bytes_per_subscriber") and ref.get("bytes_per_subscriber"):
+                r["ref_over"] = ref["bytes_per_subscriber"] / r["bytes_per_subscriber"]
     adm = _by(_records(doc, "admission"))
     bare = adm.get("bare-tornado") or {}
     for r in adm.values():
@@ -150,10 +158,12 @@ def targets(doc):
             f"p50 first third {cy['latency']['p50_first_third_ms']:.1f} ms, last third "
             f"{cy['latency']['p50_last_third_ms']:.1f} ms, slope "
             f"{cy['latency']['slope_ms_per_s']:.2f} ms/s")
-    cy = _by(_records(doc, "idle")).get("cython")
-    if cy and cy.get("bytes_per_subscriber") is not None:
-        kb = cy["bytes_per_subscriber"] / 1024
-        add("idle: cython <= 8 KB RSS per idle SSE subscriber", round(kb, 2), 8, kb <= 8)
+    for transport, n in _idle_groups(doc):
+        cy = _by(_records(doc, "idle", transport, n=n)).get("cython")
+        if cy and cy.get("bytes_per_subscriber") is not None:
+            kb = cy["bytes_per_subscriber"] / 1024
+            add(f"idle: cython <= 8 KB RSS per idle {transport.upper()} subscriber (N={n})",
+                round(kb, 2), 8, kb <= 8)
     cy = _by(_records(doc, "stalled")).get("cython")
     if cy and cy.get("bounded") is not None:
         add("stalled: cython RSS growth bounded (independent of messages sent)",
@@ -287,10 +297,10 @@ def table(doc):
                 f"{str(r.get('backlog', '-')):>9}{_fmt(r.get('us_per_delivery'), '.3f'):>10}"
                 f"{_delivered(r):>20}{_pct(r.get('client_busy')):>8}")
             notes += [f"latency {r['contender']}: {n}" for n in r.get("notes", [])]
-    recs = _records(doc, "idle")
-    if recs:
+    for transport, n in _idle_groups(doc):
+        recs = _records(doc, "idle", transport, n=n)
         lines.append("")
-        lines.append(f"idle memory SSE: server RSS per idle subscriber, N={recs[0]['params']['n']}")
+        lines.append(f"idle memory {transport.upper()}: server RSS per idle subscriber, N={n}")
         lines.append(f"  {'contender':<14}{'RSS before':>12}{'RSS after':>12}{'KB/sub':>9}"
                      f"{'ref/x':>8}")
         for r in recs:

@@ -61,7 +61,7 @@ PRESETS = {
     "full": {
         "n": 1000, "m": 1000, "repeat": 3, "cap": 150.0, "slow_n": {}, "settle": 1.0,
         "latency": {"n": 5000, "rate": 500, "duration": 15.0, "cap": 20.0, "slow_cap": 20.0},
-        "idle": {"n": 10000},
+        "idle": {"ns": [5000, 10000]},
         "stalled": {"stalled": 100, "m": 1_000_000, "checkpoints": 10, "cap": 300.0,
                     "slow_cap": 60.0, "slow_chunk": 5000, "rate": 200_000},
         "sweep": {"ns": [100, 300, 1000, 3000, 10000], "cap": 45.0, "slow_ns": None},
@@ -75,7 +75,7 @@ PRESETS = {
         "n": 1000, "m": 1000, "repeat": 1, "cap": 30.0, "settle": 0.3,
         "slow_n": {"reference": 50, "websockets": 200},
         "latency": {"n": 1000, "rate": 500, "duration": 3.0, "cap": 3.0, "slow_cap": 1.5},
-        "idle": {"n": 2000},
+        "idle": {"ns": [2000]},
         "stalled": {"stalled": 100, "m": 100_000, "checkpoints": 4, "cap": 60.0,
                     "slow_cap": 3.0, "slow_chunk": 500, "rate": 200_000},
         "sweep": {"ns": [100, 1000, 3000], "cap": 4.0, "slow_ns": [100]},
@@ -88,7 +88,7 @@ PRESETS = {
     "tiny": {
         "n": 10, "m": 20, "repeat": 1, "cap": 20.0, "slow_n": {}, "settle": 0.1,
         "latency": {"n": 10, "rate": 100, "duration": 0.3, "cap": 5.0, "slow_cap": 5.0},
-        "idle": {"n": 20},
+        "idle": {"ns": [20]},
         "stalled": {"stalled": 3, "m": 2000, "checkpoints": 2, "cap": 20.0,
                     "slow_cap": 20.0, "slow_chunk": 1000, "rate": 200_000},
         "sweep": {"ns": [5, 10], "cap": 20.0, "slow_ns": None},
@@ -180,9 +180,10 @@ def plan(args):
             cap = lat["slow_cap"] if c in SLOW else lat["cap"]
             cases.append(Case("latency", c, "sse", {**lat, "cap": cap}))
     if "idle" in chosen:
-        idle = {"n": args.n or preset["idle"]["n"], "settle": preset["settle"]}
-        for c in contenders("idle"):
-            cases.append(Case("idle", c, "sse", idle))
+        for n in [args.n] if args.n else preset["idle"]["ns"]:
+            for transport in ("sse", "ws"):
+                for c in contenders("idle"):
+                    cases.append(Case("idle", c, transport, {"n": n, "settle": preset["settle"]}))
     if "stalled" in chosen:
         st = dict(preset["stalled"])
         if args.m:
