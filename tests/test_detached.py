@@ -320,7 +320,8 @@ async def test_a_subscribe_sent_with_the_upgrade_request_is_read(wsport):
     ("frame", "code"),
     [
         (Frames.frame(TEXT, b"hello", masked=False), 1002),  # clients must mask
-        (Frames.frame(TEXT, b"x", length=70_000)[:14], 1009),  # over 64 KiB, refused from its header
+        # over 64 KiB: refused from its header, before any payload
+        (Frames.frame(TEXT, b"x", length=70_000)[:14], 1009),
         (Frames.frame(TEXT, b"\xff\xfe"), 1007),  # not UTF-8
         (Frames.frame(0x3, b"?"), 1002),  # reserved opcode
         (Frames.frame(CONT, b"orphan"), 1002),  # continuation of nothing
@@ -371,3 +372,29 @@ async def test_ping_interval_pings_and_drops_a_silent_client(serve):
     await wait_until(lambda: len(store.subscribers) == 1)
     store.submit("x")
     assert json.loads(await answering.read_until(TEXT))["data"] == "x"
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"GET /sse HTTP/1.1\r\nHost: x\r\n",
+        b"GET /sse HTTP/1.1\r\nHost: x\r\nConnection: close\r\n",
+        b"GET /sse HTTP/1.0\r\n",
+        b"GET /sse HTTP/1.0\r\nConnection: keep-alive\r\n",
+    ],
+    ids=["1.1", "1.1-close", "1.0", "1.0-keep-alive"],
+)
+async def test_a_detached_sse_response_starts_with_the_bytes_tornado_sends(serve, request_head):
+    """The detached path writes the status line, headers and retry hint itself: the
+    same bytes as Tornado's own path (the Date header aside)."""
+    heads = []
+    for detach in (False, True):
+        port = await serve(routes(QueueStore(), TopicRegistry(QueueStore)),
+                           tornadose_detach_streams=detach, sse_retry_jitter=0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request_head + b"\r\n")
+        data = await reader.readuntil(b"retry: 2000\n\n")
+        heads.append([line for line in data.split(b"\r\n") if not line.startswith(b"Date:")])
+        writer.close()
+    assert heads[0] == heads[1]
+    assert heads[1][0] == b"HTTP/1.1 200 OK"
