@@ -796,7 +796,7 @@ class WebSocketSubscriber(BaseHandler, WebSocketHandler):
         raw: Any = self._raw
         if raw is None or raw.is_closing():
             return
-        now = self._ping_wheel._loop.time()  # type: ignore[union-attr]
+        now = raw.io_loop.time()
         timeout = self.ping_timeout
         if timeout is None:
             timeout = self.ping_interval
