@@ -80,12 +80,21 @@ _wheels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, Heartb
 )
 
 
+# The last loop asked for and its wheels: every new stream asks, nearly always from the
+# same loop, and a WeakKeyDictionary lookup makes a weak reference each time.
+_last: list = [None, None]
+
+
 def wheel(interval: float) -> HeartbeatWheel:
     """The running loop's wheel for ``interval`` seconds (created on first use)."""
     loop = asyncio.get_running_loop()
-    by_interval = _wheels.get(loop)
-    if by_interval is None:
-        by_interval = _wheels[loop] = {}
+    if _last[0] is loop:
+        by_interval = _last[1]
+    else:
+        by_interval = _wheels.get(loop)
+        if by_interval is None:
+            by_interval = _wheels[loop] = {}
+        _last[0], _last[1] = loop, by_interval
     found = by_interval.get(interval)
     if found is None:
         found = by_interval[interval] = HeartbeatWheel(loop, interval)

@@ -112,18 +112,7 @@ class RawStream:
         stream is closed."""
         if self.socket is None:
             raise StreamClosedError(real_error=self.error)
-        if data:
-            if self._size:
-                self._pending += data  # type: ignore[operator]
-                self._size = len(self._pending)  # type: ignore[arg-type]
-            else:
-                sent = self._send(data)
-                if sent < 0:
-                    return self._done_future()
-                if sent < len(data):
-                    self._pending = bytearray(memoryview(data)[sent:])
-                    self._size = len(self._pending)
-                    self._want_writable()
+        self.send(data)
         if not self._size:
             return self._done_future()
         future = self._loop.create_future()
@@ -131,6 +120,21 @@ class RawStream:
             self._waiters = []
         self._waiters.append(future)
         return future
+
+    def send(self, data: bytes | memoryview) -> None:
+        """:meth:`write` without a future to wait on; nothing happens once closed."""
+        if self.socket is not None and data:
+            if self._size:
+                self._pending += data  # type: ignore[operator]
+                self._size = len(self._pending)  # type: ignore[arg-type]
+            else:
+                sent = self._send(data)
+                if sent < 0:
+                    return
+                if sent < len(data):
+                    self._pending = bytearray(memoryview(data)[sent:])
+                    self._size = len(self._pending)
+                    self._want_writable()
 
     def close(self, exc_info: Any = None) -> None:
         """Close the socket (once); the close callback runs on the next iteration."""
@@ -165,7 +169,7 @@ class RawStream:
         everything, else once it drains, at the latest after :data:`END_TIMEOUT`."""
         if self.socket is None:
             return
-        self.write(data)
+        self.send(data)
         if not self._size:
             self.close()
             return

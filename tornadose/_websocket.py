@@ -71,7 +71,7 @@ class WebSocketStream(RawStream):
 
     def ping(self, data: bytes = b"") -> None:
         if not self.is_closing():
-            self.write(control_frame(PING, data))
+            self.send(control_frame(PING, data))
 
     def close_handshake(self, code: int | None = None, reason: str | None = None) -> None:
         """Start the close handshake: the close frame goes after everything queued; the
@@ -79,7 +79,7 @@ class WebSocketStream(RawStream):
         if self.is_closing():
             return
         self._close_sent = True
-        self.write(close_frame(code, reason))
+        self.send(close_frame(code, reason))
         if self.socket is not None and self._end_timer is None:
             self._end_timer = self.io_loop.call_later(CLOSE_TIMEOUT, self.close)
 
@@ -111,7 +111,7 @@ class WebSocketStream(RawStream):
                 return
             if opcode == PING:
                 if not self._close_sent:
-                    self.write(control_frame(PONG, payload))  # type: ignore[arg-type]
+                    self.send(control_frame(PONG, payload))  # type: ignore[arg-type]
             elif opcode == PONG:
                 self.ping_sent = None
             elif opcode == CLOSE:
@@ -212,7 +212,7 @@ class Handshake:
             return
         if ws.closed():
             return
-        handler._shed_soon()
+        handler._shed()
         ws.start_reading()
         if read_ahead:
             ws._received(read_ahead)

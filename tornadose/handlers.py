@@ -87,8 +87,7 @@ _HEARTBEAT = b":\n"
 # ours that only opening the stream needs: dropped once a stream is detached (see
 # BaseHandler._shed). Everything else stays: the request, the application's attributes.
 _RESPONSE_STATE = frozenset({
-    "ui", "_headers", "_write_buffer", "_transforms", "_prepared_future",
-    "_headers_written", "_reason", "_xsrf_token", "_locale", "_active_modules",
+    "ui", "_headers", "_write_buffer", "_transforms", "_headers_written", "_reason", "_xsrf_token", "_locale", "_active_modules",
     "_new_cookie", "open_args", "open_kwargs", "_outbox", "_draining", "_retry",
     "_heartbeat_interval", "_tornadose_last_event_id", "_reserved",
 })
@@ -274,7 +273,10 @@ class BaseHandler(RequestHandler):
         # The header wins: a browser reconnecting to a URL that carries an old
         # ``last_event_id`` query parameter sends its newer id in the header. An empty
         # id means "none", as in the SSE spec.
-        header = self.request.headers.get("Last-Event-ID")
+        # get_list(): no KeyError raised and caught inside HTTPHeaders.get() when the
+        # header is absent, the usual case, on every admission.
+        values = self.request.headers.get_list("Last-Event-ID")
+        header = ",".join(values) if values else None
         if header is None and "last_event_id" in self.request.query_arguments:
             header = self.get_query_argument("last_event_id", None, strip=False)
         return header or None
@@ -334,14 +336,10 @@ class BaseHandler(RequestHandler):
         if server is not None:
             server._tornadose_detached.add(self)
 
-    def _shed_soon(self) -> None:
-        # After Tornado's _execute has returned: it still reads its request state.
-        assert self._raw is not None
-        self._raw.io_loop.add_callback(self._shed)
-
     def _shed(self) -> None:
         """Let go of what only answering the request needed once the stream is
-        detached: Tornado's HTTP connection objects (and with them its IOStream and the
+        detached (what Tornado's ``_execute`` still reads once ``get()`` returns,
+        ``_auto_finish``, ``_finished`` and ``_prepared_future``, stays): Tornado's HTTP connection objects (and with them its IOStream and the
         task serving the connection), the response state, the UI namespace. The
         request stays (``self.request``, ``get_argument()``, ``current_user`` work as
         before, for ``disconnect()`` predicates), as does every attribute the
@@ -531,7 +529,7 @@ class EventSource(BaseHandler):
             # Tornado logs a request when it finishes; a detached stream is logged as
             # it opens, as Tornado logs a WebSocket's upgrade.
             self._log()
-            self._shed_soon()
+            self._shed()
 
     def _plain_response(self) -> bool:
         """Whether the response head is one :meth:`_open_detached` writes as Tornado
@@ -552,7 +550,7 @@ class EventSource(BaseHandler):
         request = self.request
         chunked = request.version == "HTTP/1.1"
         headers = self._headers
-        connection_header = request.headers.get("Connection", "").lower()
+        connection_header = ",".join(request.headers.get_list("Connection")).lower()
         if chunked:
             if connection_header == "close":
                 headers["Connection"] = "close"
@@ -575,7 +573,7 @@ class EventSource(BaseHandler):
         self._raw = raw
         self._chunked = chunked
         self._set_nodelay(raw)
-        raw.write(head + b"\r\n\r\n" + hint)
+        raw.send(head + b"\r\n\r\n" + hint)
         return None if raw.closed() else raw
 
     def _end_stream(self) -> None:
