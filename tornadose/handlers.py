@@ -87,8 +87,8 @@ _HEARTBEAT = b":\n"
 # ours that only opening the stream needs: dropped once a stream is detached (see
 # BaseHandler._shed). Everything else stays: the request, the application's attributes.
 _RESPONSE_STATE = frozenset({
-    "ui", "_headers", "_write_buffer", "_transforms", "_headers_written", "_reason", "_xsrf_token", "_locale", "_active_modules",
-    "_new_cookie", "open_args", "open_kwargs", "_outbox", "_draining", "_retry",
+    "ui", "_headers", "_write_buffer", "_transforms", "_headers_written", "_reason",
+    "_xsrf_token", "_locale", "_active_modules", "_new_cookie", "open_args", "open_kwargs", "_outbox", "_draining", "_retry",
     "_heartbeat_interval", "_tornadose_last_event_id", "_reserved",
 })
 # (handler class, base, method names) -> whether the class overrides one of them.
@@ -338,12 +338,13 @@ class BaseHandler(RequestHandler):
 
     def _shed(self) -> None:
         """Let go of what only answering the request needed once the stream is
-        detached (what Tornado's ``_execute`` still reads once ``get()`` returns,
-        ``_auto_finish``, ``_finished`` and ``_prepared_future``, stays): Tornado's HTTP connection objects (and with them its IOStream and the
-        task serving the connection), the response state, the UI namespace. The
-        request stays (``self.request``, ``get_argument()``, ``current_user`` work as
-        before, for ``disconnect()`` predicates), as does every attribute the
-        application set; ``request.connection`` is None from here on."""
+        detached: Tornado's HTTP connection objects (and with them its IOStream and
+        the task serving the connection), the response state, the UI namespace. What
+        Tornado's ``_execute`` still reads once ``get()`` returns stays
+        (``_auto_finish``, ``_finished``, ``_prepared_future``), and so does the
+        request (``self.request``, ``get_argument()``, ``current_user`` work as
+        before, for ``disconnect()`` predicates) and every attribute the application
+        set; ``request.connection`` is None from here on."""
         request = self.request
         request.connection = None
         request.server_connection = None
