@@ -88,8 +88,9 @@ _HEARTBEAT = b":\n"
 # BaseHandler._shed). Everything else stays: the request, the application's attributes.
 _RESPONSE_STATE = frozenset({
     "ui", "_headers", "_write_buffer", "_transforms", "_headers_written", "_reason",
-    "_xsrf_token", "_locale", "_active_modules", "_new_cookie", "open_args", "open_kwargs", "_outbox", "_draining", "_retry",
-    "_heartbeat_interval", "_tornadose_last_event_id", "_reserved",
+    "_xsrf_token", "_locale", "_active_modules", "_new_cookie", "open_args",
+    "open_kwargs", "_outbox", "_draining", "_retry", "_heartbeat_interval",
+    "_tornadose_last_event_id", "_reserved",
 })
 # (handler class, base, method names) -> whether the class overrides one of them.
 _OVERRIDES: dict[tuple[type, type, tuple[str, ...]], bool] = {}
