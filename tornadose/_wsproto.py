@@ -57,14 +57,17 @@ class FrameReader:
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
-        self._buffer = b""
+        # Appended to in place: a client trickling a large frame in small pieces costs
+        # amortized linear copying, not quadratic.
+        self._buffer = bytearray()
         self._fragments: list[bytes] | None = None
         self._opcode = TEXT
         self._fragmented = 0
 
     def feed(self, data: bytes) -> list[tuple[int, object]]:
         """Parse ``data`` after what was left over; raises :class:`ProtocolError`."""
-        buf = self._buffer + data if self._buffer else data
+        buf = self._buffer
+        buf += data
         events: list[tuple[int, object]] = []
         pos = 0
         end = len(buf)
@@ -98,7 +101,7 @@ class FrameReader:
             if end - pos < head + 4 + length:
                 break
             start = pos + head + 4
-            payload = _unmask(buf[start:start + length], buf[start - 4:start])
+            payload = _unmask(bytes(buf[start:start + length]), bytes(buf[start - 4:start]))
             pos = start + length
             if opcode in _CONTROL:
                 events.append(self._control(opcode, payload))
@@ -121,7 +124,7 @@ class FrameReader:
                     self._opcode = opcode
                     self._fragments = [payload]
                     self._fragmented = length
-        self._buffer = buf[pos:]
+        del buf[:pos]
         return events
 
     @staticmethod
