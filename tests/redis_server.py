@@ -214,9 +214,13 @@ async def connect_to_worker(
     from .sseclient import RawSSEClient
 
     headers = {"Last-Event-ID": last_event_id} if last_event_id else None
-    for _ in range(100):
+    for attempt in range(100):
         client = await RawSSEClient.connect("127.0.0.1", port, path, headers=headers)
         if int(client.headers["x-worker-pid"]) != other_than:
             return client
         client.close_fin()
+        # Workers sharing one listening socket race for each connection; the one that
+        # just served the last is still awake and tends to win on a loaded machine (100
+        # in a row once in CI). A pause lets both be idle when the next one arrives.
+        await asyncio.sleep(0.01 * min(attempt + 1, 10))
     raise AssertionError("every connection landed on the same worker")
