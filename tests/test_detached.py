@@ -36,7 +36,7 @@ from .helpers import TornadoWS, wait_until
 from .sseclient import RawSSEClient
 
 
-def routes(store, registry, **extra):
+def routes(store, registry):
     return [
         (r"/sse", EventSource, {"store": store}),
         (r"/ws", WebSocketSubscriber, {"store": store}),

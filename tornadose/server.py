@@ -75,11 +75,11 @@ class _Server(HTTPServer):
     streams its handlers detached (see ``tornadose._rawstream``) in
     :meth:`close_all_connections`: Tornado no longer knows them."""
 
-    _tornadose_detached: weakref.WeakSet[Any]
+    def initialize(self, *args: Any, **kwargs: Any) -> None:
+        super().initialize(*args, **kwargs)
+        self._tornadose_detached: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def handle_stream(self, stream: Any, address: Any) -> None:
-        if not hasattr(self, "_tornadose_detached"):
-            self._tornadose_detached = weakref.WeakSet()
         stream._tornadose_server = self  # read by a handler when it detaches the stream
         super().handle_stream(stream, address)
 
@@ -87,7 +87,7 @@ class _Server(HTTPServer):
         """Close every connection, SSE streams and WebSockets included (SSE responses
         end with their terminating chunk, WebSockets close with 1001)."""
         await super().close_all_connections()
-        for handler in list(getattr(self, "_tornadose_detached", ())):
+        for handler in list(self._tornadose_detached):
             handler._tornadose_end(reason="server stopping")
 
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
