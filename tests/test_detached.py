@@ -12,12 +12,15 @@ import asyncio
 import base64
 import gc
 import json
+import logging
 import os
 import socket
 import struct
+import time
 
 import pytest
 from tornado.httpserver import HTTPServer
+from tornado.httputil import format_timestamp
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
@@ -398,3 +401,55 @@ async def test_a_detached_sse_response_starts_with_the_bytes_tornado_sends(serve
         writer.close()
     assert heads[0] == heads[1]
     assert heads[1][0] == b"HTTP/1.1 200 OK"
+
+
+async def test_the_date_header_is_the_current_second_formatted_as_tornado_does(serve):
+    """The Date header is formatted once a second (tornadose._http.http_date), not per
+    request: every response still carries the second it was answered in."""
+    port = await serve(routes(QueueStore(), TopicRegistry(QueueStore)))
+    for path in ("/sse", "/ws", "/tsse?topics=A"):
+        before = int(time.time())
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        upgrade = (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                   b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n") if path == "/ws" else b""
+        writer.write(b"GET %s HTTP/1.1\r\nHost: x\r\n%b\r\n" % (path.encode(), upgrade))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        after = int(time.time())
+        (date,) = [line[6:].decode() for line in head.split(b"\r\n") if line.startswith(b"Date: ")]
+        assert date in {format_timestamp(t) for t in range(before, after + 1)}, (path, date)
+        writer.close()
+
+
+class _SummaryCounted(EventSource):
+    summaries = 0
+
+    def _request_summary(self) -> str:
+        type(self).summaries += 1
+        return super()._request_summary()
+
+
+@pytest.mark.parametrize("setting", ["info", "warning", "log_function"])
+async def test_an_opening_stream_is_logged_only_where_a_log_is_written(serve, caplog, setting):
+    """A detached SSE stream is logged as it opens, as Tornado would log the request:
+    one access-log line when ``tornado.access`` takes INFO records, the application's
+    ``log_function`` when it has one; when nothing would be written, the line is not even
+    formatted (it costs every new subscriber otherwise)."""
+    _SummaryCounted.summaries = 0
+    called = []
+    settings = {"log_function": called.append} if setting == "log_function" else {}
+    store = QueueStore()
+    port = await serve([(r"/sse", _SummaryCounted, {"store": store})], **settings)
+    caplog.set_level(logging.INFO if setting == "info" else logging.WARNING, "tornado.access")
+    client = await RawSSEClient.connect("127.0.0.1", port, "/sse")
+    await wait_until(lambda: len(store.subscribers) == 1)
+    (handler,) = store.subscribers
+    assert handler._raw is not None, "the stream is detached"
+    lines = [r.getMessage() for r in caplog.records if r.name == "tornado.access"]
+    if setting == "info":
+        assert len(lines) == 1 and lines[0].startswith("200 GET /sse") and handler.summaries == 1
+    elif setting == "warning":
+        assert lines == [] and handler.summaries == 0
+    else:
+        assert called == [handler] and lines == []
+    client.close_fin()
+    await wait_until(lambda: not store.subscribers)

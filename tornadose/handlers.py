@@ -28,12 +28,13 @@ from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 
 import orjson
+from tornado import httputil
 from tornado.escape import json_encode
 from tornado.iostream import StreamClosedError
 from tornado.web import RequestHandler
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from . import _heartbeat, stores
+from . import _heartbeat, _http, stores
 from ._rawstream import RawStream, can_take_over, take_over
 from ._websocket import Handshake
 from ._wsproto import data_frame
@@ -86,12 +87,12 @@ _HEARTBEAT = b":\n"
 # Tornado's response state of a handler (RequestHandler and WebSocketHandler, 6.x), and
 # ours that only opening the stream needs: dropped once a stream is detached (see
 # BaseHandler._shed). Everything else stays: the request, the application's attributes.
-_RESPONSE_STATE = frozenset({
+_RESPONSE_STATE = (
     "ui", "_headers", "_write_buffer", "_transforms", "_headers_written", "_reason",
     "_xsrf_token", "_locale", "_active_modules", "_new_cookie", "open_args",
     "open_kwargs", "_outbox", "_draining", "_retry", "_heartbeat_interval",
     "_tornadose_last_event_id", "_reserved",
-})
+)
 # (handler class, base, method names) -> whether the class overrides one of them.
 _OVERRIDES: dict[tuple[type, type, tuple[str, ...]], bool] = {}
 
@@ -116,6 +117,16 @@ class BaseHandler(RequestHandler):
     # Methods that, overridden by a subclass, need Tornado's connection for the life of
     # the stream: such handlers are not detached.
     _DETACH_HOOKS: tuple[str, ...] = ("on_connection_close", "on_finish")
+
+    def clear(self) -> None:
+        """Reset the response as ``RequestHandler.clear()`` does (the same headers in the
+        same order, status 200, an empty buffer; ``set_default_headers()`` called), with
+        the ``Date`` header formatted once a second instead of for every request."""
+        self._headers = _http.default_headers()
+        self.set_default_headers()
+        self._write_buffer: list[bytes] = []
+        self._status_code = 200
+        self._reason = httputil.responses[200]
 
     def initialize(self, store: stores.BaseStore) -> None:
         """Bind to ``store`` and register with it. Raises ``TypeError`` when ``store``
@@ -323,8 +334,7 @@ class BaseHandler(RequestHandler):
         return (
             hasattr(connection, "detach")
             and can_take_over(getattr(connection, "stream", None))
-            and self._fast_path(base)
-            and not self._overrides(base, *self._DETACH_HOOKS)
+            and not self._overrides(base, "publish", "submit", *self._DETACH_HOOKS)
             # Stores of this package write frames to the socket themselves; any other
             # store calls publish(), which needs Tornado's connection.
             and all(hasattr(store, "_write_extra") for store, _ in self._targets)
@@ -349,10 +359,16 @@ class BaseHandler(RequestHandler):
         request = self.request
         request.connection = None
         request.server_connection = None
-        state = self.__dict__
-        kept = {name: value for name, value in state.items() if name not in _RESPONSE_STATE}
-        state.clear()
-        state.update(kept)
+        pop = self.__dict__.pop
+        for name in _RESPONSE_STATE:
+            pop(name, None)
+
+    def _log_opened(self) -> None:
+        # Tornado logs a request when it finishes; a detached stream is logged as it
+        # opens, as Tornado logs a WebSocket's upgrade. Formatting the line is skipped
+        # when nothing would write it (the usual production setting).
+        if type(self)._log is not RequestHandler._log or _http.logs_success(self.application):
+            self._log()
 
     def _drop(self) -> None:
         """Deregister and close the connection (a subscriber that cannot be served)."""
@@ -480,9 +496,11 @@ class EventSource(BaseHandler):
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         self._grant_cors()
-        self.set_header("Content-Type", "text/event-stream")
-        self.set_header("Cache-Control", "no-cache")
-        self.set_header("X-Accel-Buffering", "no")
+        # As set_header() would, without checking constant values per subscriber.
+        headers = self._headers
+        headers["Content-Type"] = "text/event-stream"
+        headers["Cache-Control"] = "no-cache"
+        headers["X-Accel-Buffering"] = "no"
         # Output transforms (gzip) cannot apply to frames written straight to the
         # socket, and compressing a live stream only adds latency.
         self._transforms = []
@@ -528,9 +546,7 @@ class EventSource(BaseHandler):
         # collector would walk), and nothing is left to cancel when the loop ends.
         self._auto_finish = False
         if detach:
-            # Tornado logs a request when it finishes; a detached stream is logged as
-            # it opens, as Tornado logs a WebSocket's upgrade.
-            self._log()
+            self._log_opened()
             self._shed()
 
     def _plain_response(self) -> bool:
