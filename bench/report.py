@@ -1,6 +1,7 @@
 """Ratios, target checks, the terminal table and the plots of one bench run."""
 
 import os
+import statistics
 
 FLOOR = {"burst": "floor", "per-message": "floor-msg", "sweep": "floor", "latency": "floor",
          "topics": "floor-topics"}
@@ -87,7 +88,25 @@ def add_ratios(doc):
     bare = adm.get("bare-tornado") or {}
     for r in adm.values():
         if _num(r.get("us_per_subscriber")) and _num(bare.get("us_per_subscriber")):
-            r["x_bare"] = r["us_per_subscriber"] / bare["us_per_subscriber"]
+            r["x_bare_of_medians"] = r["us_per_subscriber"] / bare["us_per_subscriber"]
+            r["x_bare"] = r["x_bare_of_medians"]
+            r.pop("x_bare_rounds", None)
+            rounds = _paired_ratios(r.get("repeats_us_per_subscriber"),
+                                    bare.get("repeats_us_per_subscriber"))
+            if rounds:
+                r["x_bare_rounds"] = rounds
+                r["x_bare"] = statistics.median(rounds)
+
+
+def _paired_ratios(runs, base_runs):
+    """Round by round ratios of two contenders' repeats (run back to back in each round:
+    on a shared machine, neighbours in time see the same load), or None when the
+    repeats do not pair up."""
+    if not runs or not base_runs or len(runs) != len(base_runs):
+        return None
+    if not all(_num(a) and _num(b) for a, b in zip(runs, base_runs)):
+        return None
+    return [a / b for a, b in zip(runs, base_runs)]
 
 
 def targets(doc):
@@ -183,9 +202,13 @@ def targets(doc):
             f"{cy['gaps']} gap events, {cy['disorder']} reads out of sequence")
     cy = _by(_records(doc, "admission")).get("cython")
     if cy and _num(cy.get("x_bare")) is not None:
+        rounds = cy.get("x_bare_rounds")
+        how = (f"median of {len(rounds)} rounds: "
+               f"{', '.join(f'{x:.2f}' for x in rounds)}; ratio of the medians "
+               f"{cy['x_bare_of_medians']:.2f}; " if rounds else "")
         add("admission: cython <= 1.1x bare-tornado", round(cy["x_bare"], 3), 1.1,
             cy["x_bare"] <= 1.1 and cy.get("complete"),
-            f"{cy['us_per_subscriber']:.1f} µs per subscriber, N={cy['n']}")
+            f"{how}{cy['us_per_subscriber']:.1f} µs per subscriber, N={cy['n']}")
     for transport in ("sse", "ws"):
         by = _by(_records(doc, "burst", transport))
         plain, metered = by.get("cython"), by.get("cython+metrics")
@@ -378,7 +401,8 @@ def table(doc):
     if recs:
         lines.append("")
         lines.append(f"admission SSE: N={recs[0]['params']['n']} connections opened in one "
-                     "burst; server CPU per new subscriber, connect-to-headers time")
+                     "burst; server CPU per new subscriber (x bare: the median of the "
+                     "round-by-round ratios), connect-to-headers time")
         lines.append(f"  {'contender':<14}{'µs/sub':>9}{'x bare':>8}{'head p50 ms':>13}"
                      f"{'p99 ms':>9}{'max ms':>9}{'answered':>10}")
         for r in recs:

@@ -68,7 +68,7 @@ PRESETS = {
         "topics": {"n": 1000, "m": 20000, "topics": 500, "per_conn": 50,
                    "per_iters": [100, 10], "cap": 150.0},
         "storm": {"n": 5000, "rate": 100, "before": 2.0, "after": 8.0, "cap": 60.0},
-        "admission": {"n": 2000, "repeat": 3},
+        "admission": {"n": 2000, "repeat": 5},
         "soak": {"n": 1000, "rate": 500, "churn": 200, "duration": 60.0},
     },
     "quick": {

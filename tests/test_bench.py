@@ -359,3 +359,28 @@ def test_plots_are_optional(tiny_run, tmp_path):
     assert {Path(p).name for p in paths} == {"scenarios.png", "topics.png", "sweep.png",
                                              "latency.png"}
     assert all(Path(p).stat().st_size > 0 for p in paths)
+
+
+def test_admission_ratio_is_the_median_of_paired_rounds():
+    """x bare pairs each round's runs (back to back, same machine load); the ratio of
+    the medians is kept beside it, and a run without pairs falls back to it."""
+    from bench import report
+
+    def rec(contender, runs):
+        return {"scenario": "admission", "contender": contender, "transport": "sse",
+                "params": {"n": 2000}, "n": 2000, "complete": True,
+                "us_per_subscriber": sorted(runs)[len(runs) // 2],
+                "repeats_us_per_subscriber": runs}
+
+    doc = {"records": [rec("cython", [564.2, 525.3, 628.2]),
+                       rec("bare-tornado", [492.2, 498.0, 610.7])]}
+    report.add_ratios(doc)
+    cy = doc["records"][0]
+    assert cy["x_bare_rounds"] == pytest.approx([564.2 / 492.2, 525.3 / 498.0, 628.2 / 610.7])
+    assert cy["x_bare"] == pytest.approx(525.3 / 498.0)
+    assert cy["x_bare_of_medians"] == pytest.approx(564.2 / 498.0)
+    (target,) = [t for t in report.targets(doc) if t["target"].startswith("admission")]
+    assert target["met"] and "ratio of the medians 1.13" in target["detail"]
+    doc["records"][1]["repeats_us_per_subscriber"] = [498.0]  # unpaired
+    report.add_ratios(doc)
+    assert doc["records"][0]["x_bare"] == pytest.approx(564.2 / 498.0)
