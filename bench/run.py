@@ -332,11 +332,13 @@ def main(argv=None):
            "config": PRESETS[args.preset], "skipped": skipped, "records": []}
     progress = Progress(total, not args.no_progress)
     t0 = time.monotonic()
-    # Interleave the repeats of the fast contenders: round r of every case, then r+1.
+    # Interleave the repeats of the fast contenders: round r of every case, then r+1,
+    # every other round in reverse order, so that no contender always runs first (or
+    # right after a heavy scenario) while the machine's load drifts.
     rounds = max([c.repeat for c in cases] or [1])
     results = {id(c): [] for c in cases}
     for r in range(rounds):
-        for case in cases:
+        for case in cases if r % 2 == 0 else cases[::-1]:
             if r >= case.repeat:
                 continue
             what = f"{case.scenario} {case.transport} {case.contender} N={case.params.get('n', '')}"

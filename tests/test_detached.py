@@ -453,3 +453,26 @@ async def test_an_opening_stream_is_logged_only_where_a_log_is_written(serve, ca
         assert called == [handler] and lines == []
     client.close_fin()
     await wait_until(lambda: not store.subscribers)
+
+
+class _CookieSetting(EventSource):
+    def prepare(self) -> None:
+        self.set_cookie("session", "abc")
+        super().prepare()
+
+
+async def test_a_response_that_sets_a_cookie_keeps_tornados_head(serve):
+    """A handler that set a cookie before the stream opened gets its Set-Cookie header:
+    such a head is left to Tornado (the detached head has only plain headers)."""
+    store = QueueStore()
+    port = await serve([(r"/sse", _CookieSetting, {"store": store})])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert b"\r\nSet-Cookie: session=abc" in head, head
+    await wait_until(lambda: len(store.subscribers) == 1)
+    store.submit("tick")
+    body = await asyncio.wait_for(reader.readuntil(b"data: tick\n\n"), 5)
+    assert b"data: tick" in body
+    writer.close()
+    await wait_until(lambda: not store.subscribers)

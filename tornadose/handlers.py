@@ -95,6 +95,8 @@ _RESPONSE_STATE = (
 )
 # (handler class, base, method names) -> whether the class overrides one of them.
 _OVERRIDES: dict[tuple[type, type, tuple[str, ...]], bool] = {}
+# (handler class, base) -> whether it overrides a method that keeps it on Tornado's path.
+_HOOKED: dict[tuple[type, type], bool] = {}
 
 
 class BaseHandler(RequestHandler):
@@ -330,15 +332,25 @@ class BaseHandler(RequestHandler):
         is False."""
         if not self.settings.get("tornadose_detach_streams", True):
             return False
+        cls = type(self)
+        hooked = _HOOKED.get((cls, base))
+        if hooked is None:
+            hooked = _HOOKED[cls, base] = self._overrides(
+                base, "publish", "submit", *self._DETACH_HOOKS
+            )
+        if hooked:
+            return False
         connection = self.request.connection
-        return (
-            hasattr(connection, "detach")
-            and can_take_over(getattr(connection, "stream", None))
-            and not self._overrides(base, "publish", "submit", *self._DETACH_HOOKS)
-            # Stores of this package write frames to the socket themselves; any other
-            # store calls publish(), which needs Tornado's connection.
-            and all(hasattr(store, "_write_extra") for store, _ in self._targets)
-        )
+        if not hasattr(connection, "detach") or not can_take_over(
+            getattr(connection, "stream", None)
+        ):
+            return False
+        # Stores of this package write frames to the socket themselves; any other
+        # store calls publish(), which needs Tornado's connection.
+        for store, _ in self._targets:
+            if not hasattr(store, "_write_extra"):
+                return False
+        return True
 
     def _track(self, stream: Any) -> None:
         # A tornadose server (listen/make_server) ends detached streams in its
@@ -554,7 +566,7 @@ class EventSource(BaseHandler):
         would: status 200, no cookie to set, HTTP/1.x."""
         return (
             self._status_code == 200
-            and not hasattr(self, "_new_cookie")
+            and "_new_cookie" not in self.__dict__  # set by set_cookie()
             and self.request.version in ("HTTP/1.1", "HTTP/1.0")
         )
 
