@@ -10,7 +10,10 @@ import json
 import socket
 
 import pytest
+from tornado.netutil import bind_sockets
+from tornado.web import Application
 
+from tornadose import make_server
 from tornadose.handlers import (
     EventSource,
     TopicEventSource,
@@ -267,12 +270,33 @@ def server_socket(handler) -> socket.socket:
     return server_stream(handler).socket
 
 
+@pytest.fixture
+async def tornadose_serve():
+    """As the ``serve`` fixture, with a server from ``tornadose.make_server``."""
+    servers = []
+
+    async def start(handlers, **settings):
+        server = make_server(Application(handlers, **settings))
+        sockets = bind_sockets(0, "127.0.0.1")
+        server.add_sockets(sockets)
+        servers.append((server, sockets[0]))
+        return sockets[0].getsockname()[1]
+
+    yield start
+    for server, _ in servers:
+        server.stop()
+        await server.close_all_connections()
+
+
 @pytest.mark.parametrize("setting", [None, False])
-async def test_every_subscriber_socket_has_tcp_nodelay(serve, setting):
+@pytest.mark.parametrize("kind", ["tornado", "tornadose"])
+async def test_every_subscriber_socket_has_tcp_nodelay(serve, tornadose_serve, setting, kind):
+    """Set per socket by the handlers on a plain Tornado server; a tornadose server
+    sets it on its listening socket instead, which accepted sockets inherit."""
     store = QueueStore()
     registry = TopicRegistry(QueueStore)
     settings = {} if setting is None else {"tornadose_tcp_nodelay": setting}
-    port = await serve(
+    port = await (serve if kind == "tornado" else tornadose_serve)(
         [
             (r"/sse", EventSource, {"store": store}),
             (r"/ws", WebSocketSubscriber, {"store": store}),

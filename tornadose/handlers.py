@@ -390,6 +390,9 @@ class BaseHandler(RequestHandler):
     def _set_nodelay(self, stream: Any) -> None:
         # Writes are coalesced here, one per connection per loop turn: Nagle's
         # algorithm would only hold them back for the client's delayed ACK.
+        # A tornadose server's connections may have it already, from their listener.
+        if getattr(stream, "_tornadose_nodelay", False):
+            return
         if self.settings.get("tornadose_tcp_nodelay", True) and stream.socket is not None:
             try:
                 # Straight to the socket: IOStream.set_nodelay first asks for the
@@ -597,12 +600,12 @@ class EventSource(BaseHandler):
         self._track(stream)
         self.detach()
         self._headers_written = True
+        self._set_nodelay(stream)
         raw, _ = take_over(stream)  # type: ignore[misc]
         raw.set_close_callback(self.on_connection_close)
         raw.start_reading()
         self._raw = raw
         self._chunked = chunked
-        self._set_nodelay(raw)
         raw.send(head + b"\r\n\r\n" + hint)
         return None if raw.closed() else raw
 

@@ -20,6 +20,7 @@ import errno
 import logging
 import resource
 import socket
+import sys
 import weakref
 from collections.abc import Iterable
 from typing import Any, Callable
@@ -78,9 +79,19 @@ class _Server(HTTPServer):
     def initialize(self, *args: Any, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
         self._tornadose_detached: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Whether every connection arrives with TCP_NODELAY already set, inherited from
+        # its listening socket (Linux copies it to accepted sockets): the handlers,
+        # which want it on every subscriber socket (``tornadose_tcp_nodelay``), then
+        # skip one setsockopt() per new subscriber.
+        app = self.request_callback
+        self._tornadose_nodelay = sys.platform.startswith("linux") and (
+            isinstance(app, Application) and app.settings.get("tornadose_tcp_nodelay", True)
+        )
 
     def handle_stream(self, stream: Any, address: Any) -> None:
         stream._tornadose_server = self  # read by a handler when it detaches the stream
+        if self._tornadose_nodelay:
+            stream._tornadose_nodelay = True
         super().handle_stream(stream, address)
 
     async def close_all_connections(self) -> None:
@@ -92,6 +103,8 @@ class _Server(HTTPServer):
 
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
         for sock in sockets:
+            if self._tornadose_nodelay and not _listen_nodelay(sock):
+                self._tornadose_nodelay = False
             self._sockets[sock.fileno()] = sock
             self._handlers[sock.fileno()] = accept_loop(sock, self._handle_connection)
 
@@ -156,6 +169,18 @@ def accept_loop(
 
     io_loop.add_handler(sock, on_readable, IOLoop.READ)
     return stop
+
+
+def _listen_nodelay(sock: socket.socket) -> bool:
+    """Set TCP_NODELAY on a listening socket, for the connections it accepts to inherit;
+    True when they will have it or do not need it (a Unix socket)."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return True
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        return False
+    return True
 
 
 def _name(sock: socket.socket) -> str:
