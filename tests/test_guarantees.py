@@ -245,6 +245,26 @@ async def test_half_open_client_is_dropped_after_the_write_timeout(serve):
     frozen.close_fin()
 
 
+async def test_lag_counts_what_a_stalled_socket_has_not_taken(serve):
+    """lag()'s bytes include what the subscriber's connection still holds, on the
+    detached path too (the bytes a RawStream queued when the socket was full)."""
+    store = QueueStore()
+    port = await serve(routes(store))
+    frozen = await RawSSEClient.connect("127.0.0.1", port, "/sse", rcvbuf=1024, limit=256)
+    await wait_until(lambda: len(store.subscribers) == 1)
+    (handler,) = store.subscribers
+    stream = server_stream(handler)
+    assert handler._raw is stream, "the stream is detached"
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    for _ in range(40):
+        store.submit("z" * 1000)
+    await wait_until(lambda: stream.writing(), what="bytes queued behind the full socket")
+    (entry,) = store.lag()
+    assert entry["messages"] == 0, "every frame went to the connection"
+    assert entry["bytes"] == stream._size > 0
+    frozen.close_fin()
+
+
 async def test_fifty_stalled_clients_and_one_reader_with_bounded_memory():
     """50 subscribers never read while 200k messages flow to one that does. The server
     runs in its own process, so its RSS is its own: it stops growing once the ring is

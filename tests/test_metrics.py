@@ -34,7 +34,7 @@ from tornadose.metrics import DISCONNECT_REASONS, MetricsHandler, install  # noq
 from tornadose.stores import QueueStore  # noqa: E402
 from tornadose.topics import TopicRegistry  # noqa: E402
 
-from .helpers import TornadoWS, wait_until  # noqa: E402
+from .helpers import TornadoWS, server_stream, wait_until  # noqa: E402
 from .sseclient import RawSSEClient  # noqa: E402
 from .test_browser import DemoServer  # noqa: E402
 
@@ -165,11 +165,21 @@ async def test_disconnect_reasons_are_counted(serve, registry):
     await wait_until(lambda: len(store.subscribers) == 3)
     leaving.close_fin()
     await wait_until(lambda: len(store.subscribers) == 2)
+    reader_port = reader.writer.get_extra_info("sockname")[1]
+    reader_handler = next(
+        h for h in store.subscribers if server_stream(h).socket.getpeername()[1] == reader_port
+    )
+
+    def reader_behind() -> int:
+        return next((e["messages"] for e in store.lag() if e["subscriber"] is reader_handler), 0)
+
     reading = asyncio.ensure_future(reader.read_events(3000, timeout=60))
     for i in range(3000):  # 12 MB: far more than the stalled socket and 128 messages hold
         store.submit("x" * 4000 + str(i))
         if i % 10 == 0:
             await asyncio.sleep(0)
+        if i % 50 == 49:  # the reader must not lap: wait for it on a loaded machine
+            await wait_until(lambda: reader_behind() < 64, what="the reader keeping up")
     await wait_until(lambda: store.stats()["lapped"] == 1, timeout=3,
                      what=f"the stalled client lapped: {store.stats()}")
     await wait_until(lambda: len(store.subscribers) == 1)

@@ -105,6 +105,15 @@ class BaseStore:
         raise NotImplementedError("publish must be implemented!")
 
 
+def _queued_bytes(stream: Any) -> int:
+    """Bytes a subscriber's connection holds that its socket has not taken yet: a
+    detached stream's (``tornadose._rawstream``) or an ``IOStream``'s write buffer."""
+    if getattr(stream, "tornadose_raw", False):
+        return stream._size  # type: ignore[no-any-return]
+    queued = getattr(stream, "_write_buffer", None)
+    return len(queued) if queued else 0
+
+
 def _new_epoch() -> bytes:
     # Distinguishes this store instance from a restarted one in event ids.
     return os.urandom(4).hex().encode()
@@ -440,13 +449,12 @@ class _RingStore(BaseStore):
             if sink is None or sink not in self._fanout:
                 continue
             kind = WS if sink.format == FORMAT_WS else SSE
-            queued = getattr(sink.stream, "_write_buffer", None)
             frames = ring.frames(kind, max(sink.cursor, ring.tail))
             out.append(
                 {
                     "subscriber": subscriber,
                     "messages": ring.head - sink.cursor,
-                    "bytes": sum(map(len, frames)) + (len(queued) if queued else 0),
+                    "bytes": sum(map(len, frames)) + _queued_bytes(sink.stream),
                 }
             )
         return out
