@@ -95,8 +95,6 @@ _RESPONSE_STATE = (
 )
 # (handler class, base, method names) -> whether the class overrides one of them.
 _OVERRIDES: dict[tuple[type, type, tuple[str, ...]], bool] = {}
-# (handler class, base) -> whether it overrides a method that keeps it on Tornado's path.
-_HOOKED: dict[tuple[type, type], bool] = {}
 
 
 class BaseHandler(RequestHandler):
@@ -332,13 +330,7 @@ class BaseHandler(RequestHandler):
         is False."""
         if not self.settings.get("tornadose_detach_streams", True):
             return False
-        cls = type(self)
-        hooked = _HOOKED.get((cls, base))
-        if hooked is None:
-            hooked = _HOOKED[cls, base] = self._overrides(
-                base, "publish", "submit", *self._DETACH_HOOKS
-            )
-        if hooked:
+        if self._overrides(base, "publish", "submit", *self._DETACH_HOOKS):
             return False
         connection = self.request.connection
         if not hasattr(connection, "detach") or not can_take_over(
@@ -391,7 +383,8 @@ class BaseHandler(RequestHandler):
         # Writes are coalesced here, one per connection per loop turn: Nagle's
         # algorithm would only hold them back for the client's delayed ACK.
         # A tornadose server's connections may have it already, from their listener.
-        if getattr(stream, "_tornadose_nodelay", False):
+        server = getattr(stream, "_tornadose_server", None)
+        if server is not None and server._tornadose_nodelay:
             return
         if self.settings.get("tornadose_tcp_nodelay", True) and stream.socket is not None:
             try:
@@ -549,7 +542,7 @@ class EventSource(BaseHandler):
                 return
             self._set_nodelay(stream)
             chunked = getattr(connection, "_chunking_output", self.request.version == "HTTP/1.1")
-        if self._fast_path(EventSource):
+        if detach or self._fast_path(EventSource):  # detachable implies the fast path
             self._attach(stream, FORMAT_SSE_CHUNKED if chunked else FORMAT_SSE)
             self._resume_from(self._last_event_id())
             self._schedule_heartbeat()

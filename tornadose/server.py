@@ -89,9 +89,9 @@ class _Server(HTTPServer):
         )
 
     def handle_stream(self, stream: Any, address: Any) -> None:
-        stream._tornadose_server = self  # read by a handler when it detaches the stream
-        if self._tornadose_nodelay:
-            stream._tornadose_nodelay = True
+        # Read by a handler: where to register a detached stream, whether the socket
+        # has TCP_NODELAY from its listener.
+        stream._tornadose_server = self
         super().handle_stream(stream, address)
 
     async def close_all_connections(self) -> None:
