@@ -1,13 +1,13 @@
 # cython: language_level=3, embedsignature=True
-"""Fan-out, compiled backend: the twin of ``tornadose/_fanout_py.py``.
+"""The fan-out's hot part, compiled backend: the twin of ``tornadose/_fanout_py.py``.
 
-Same semantics: one write per subscriber per flush, subscribers at the same cursor share
-the joined bytes, busy subscribers are skipped until their stream drains, lapped ones
-conflate or are dropped. What differs is the write: for a plain TCP IOStream with nothing
-pending, the frames go straight to the socket's file descriptor with one non-blocking
+Same semantics: one flush pass over the entries appended since the last one, one write
+per connection per flush, the turn's frames joined once per wire format when every new
+entry is of one topic (a store's case), busy connections left to wait for their drain.
+What differs is the write: for a plain TCP IOStream or a detached stream with nothing
+pending, the bytes go straight to the socket's file descriptor with one non-blocking
 ``send(MSG_NOSIGNAL | MSG_DONTWAIT)``; any remainder, or everything on EAGAIN, is handed
-to the IOStream so bytes stay in order. A subscriber whose stream stays full for
-``write_timeout`` seconds (a half-open or frozen client) is dropped like a lapped one.
+to the stream so bytes stay in order.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -17,7 +17,6 @@ from libc.string cimport memcpy, strerror
 
 from tornado.iostream import IOStream
 
-from tornadose._drain import drained, timed_out, wait_for_drain
 
 cdef extern from "<errno.h>" nogil:
     int EWOULDBLOCK
@@ -39,13 +38,14 @@ cdef enum:
 
 
 cdef class Sink:
-    """One fast-path subscriber: a cursor into the ring and the stream it is written to.
+    """One fast-path connection: its stream, its topics, and where it stands.
 
-    ``deliver``, when given, replaces raw writes: it is called with the list of pending
-    WebSocket frames (used where frames cannot go out as built, e.g. with compression).
-    ``on_drop`` is called when the fan-out drops the subscriber (lapped, or stalled past
-    the write timeout); it must close the connection. ``written`` is set on every write,
-    for heartbeats to tell idle streams.
+    The twin of ``Sink`` in ``tornadose/_fanout_py.py``: a *live* sink has received
+    every entry of its topics before the fan-out's ``flushed`` mark; one that is not
+    live has everything of its topics before ``cursor`` and is caught up when its stream
+    drains. ``deliver``, when given, replaces raw writes (called with the list of
+    pending frames); ``on_drop`` must close the connection; ``written`` is set on every
+    write; ``pending`` and ``mark`` are scratch space of one flush.
     """
 
     cdef public object stream
@@ -56,6 +56,11 @@ cdef class Sink:
     cdef public bint waiting
     cdef public bint written
     cdef public object timer
+    cdef public object topics
+    cdef public list pending
+    cdef public long long mark
+    cdef public bint live
+    cdef public long long skipped
     # For direct writes: the stream's socket object (identity tells the stream is still
     # open, so the cached fd cannot belong to a newer connection), its fd, and Tornado's
     # write buffer (whose ``_size`` tells whether the IOStream has bytes pending).
@@ -74,6 +79,12 @@ cdef class Sink:
         self.waiting = False
         self.written = False
         self.timer = None
+        # A tuple for one topic (a store's connections: 48 bytes, not a set's 216).
+        self.topics = ()
+        self.pending = None
+        self.mark = 0
+        self.live = False
+        self.skipped = 0  # entries of its topics flushed while it was not live
         self.sock = None
         self.fd = -1
         self.wbuf = None
@@ -144,204 +155,6 @@ cdef bytes _chunk(bytes data):
     return out
 
 
-cdef class _Cache:
-    """Joined bytes per (format, cursor) for one flush; the common case is one cursor."""
-
-    cdef long long cursor[3]
-    cdef list data
-    cdef dict others
-
-    def __cinit__(self):
-        self.cursor[0] = self.cursor[1] = self.cursor[2] = -1
-        self.data = [None, None, None]
-        self.others = None
-
-    cdef bytes get(self, object ring, int fmt, long long cursor):
-        cdef bytes data
-        if self.cursor[fmt] == cursor:
-            return <bytes>self.data[fmt]
-        if self.cursor[fmt] != -1:
-            if self.others is None:
-                self.others = {}
-            key = (fmt, cursor)
-            found = self.others.get(key)
-            if found is not None:
-                return <bytes>found
-        if fmt == FORMAT_WS:
-            data = ring.join(_WS, cursor)
-        elif fmt == FORMAT_SSE_CHUNKED:
-            data = _chunk(ring.join(_SSE, cursor))
-        else:
-            data = ring.join(_SSE, cursor)
-        if self.cursor[fmt] == -1:
-            self.cursor[fmt] = cursor
-            self.data[fmt] = data
-        else:
-            self.others[(fmt, cursor)] = data
-        return data
-
-
-cdef class Fanout:
-    """The subscribers of one ring and the logic that writes to them."""
-
-    # The ring is touched once per flush (head, tail) and once per distinct cursor
-    # (join), never per subscriber, so it needs no C-level interface.
-    cdef object _ring
-    cdef public bint conflate
-    cdef public double write_timeout
-    cdef dict _sinks
-    cdef public long long delivered
-    cdef public long long writes
-    cdef public long long lapped
-    cdef public long long conflated
-    cdef public long long timed_out
-
-    def __init__(self, ring, bint conflate, double write_timeout=0.0):
-        self._ring = ring
-        self.conflate = conflate
-        self.write_timeout = write_timeout  # seconds; 0 disables
-        self.timed_out = 0
-        self._sinks = {}
-        self.delivered = 0
-        self.writes = 0
-        self.lapped = 0
-        self.conflated = 0
-
-    def __len__(self):
-        return len(self._sinks)
-
-    def __iter__(self):
-        return iter(tuple(self._sinks))
-
-    def __contains__(self, sink):
-        return sink in self._sinks
-
-    def add(self, Sink sink, long long cursor):
-        """Start delivering to ``sink`` from sequence number ``cursor``."""
-        sink.cursor = cursor
-        self._sinks[sink] = None
-
-    def discard(self, sink):
-        """Stop delivering to ``sink``; unknown sinks are ignored."""
-        self._sinks.pop(sink, None)
-
-    def flush(self):
-        """Bring every subscriber up to the ring's head, one write each."""
-        cdef _Cache cache = _Cache()
-        cdef list sinks = list(self._sinks)
-        cdef Sink sink
-        cdef long long head = self._ring.head
-        cdef long long tail = self._ring.tail
-        for sink in sinks:
-            self._deliver(sink, cache, head, tail)
-
-    def flush_one(self, Sink sink):
-        """Bring one subscriber up to the head (after it drained, or when it joins)."""
-        if sink in self._sinks:
-            self._deliver(sink, _Cache(), self._ring.head, self._ring.tail)
-
-    cdef int _deliver(self, Sink sink, _Cache cache, long long head, long long tail) except -1:
-        cdef object ring = self._ring
-        cdef long long cursor = sink.cursor
-        cdef bint busy
-        if cursor >= head:
-            return 0
-        if self.conflate:
-            if cursor < head - 1:
-                self.conflated += head - 1 - cursor
-                cursor = head - 1
-        elif cursor < tail:
-            self.lapped += 1
-            del self._sinks[sink]
-            sink.on_drop()
-            return 0
-        stream = sink.stream
-        if sink.sock is not None:
-            if stream.socket is not sink.sock:
-                return 0  # closed: its close callback deregisters it
-            busy = sink.wbuf._size != 0
-        else:
-            if stream.closed():
-                return 0
-            busy = stream.writing()
-        if busy:
-            self._wait_for_drain(sink)
-            return 0
-        self.delivered += head - cursor
-        self.writes += 1
-        sink.cursor = head
-        sink.written = True
-        if sink.deliver is not None:
-            sink.deliver(ring.frames(_WS, cursor))
-            return 0
-        if _send(sink, cache.get(ring, sink.format, cursor)) == _QUEUED:
-            # Until the rest is written, this subscriber is skipped.
-            self._wait_for_drain(sink)
-        return 0
-
-    def write_extra(self, Sink sink, bytes sse, bytes ws):
-        """Write one frame that is not in the ring (a gap notice, a heartbeat) to ``sink``
-        now, after anything already queued for it, in the sink's wire format."""
-        stream = sink.stream
-        if stream.closed():
-            return
-        if sink.format == FORMAT_WS:
-            if ws is None:
-                return
-            if sink.deliver is not None:
-                sink.deliver([ws])
-                return
-            data = ws
-        elif sink.format == FORMAT_SSE_CHUNKED:
-            data = _chunk(sse)
-        else:
-            data = sse
-        if sink.sock is not None and stream.socket is sink.sock and sink.wbuf._size == 0:
-            # Nothing queued: straight to the socket, as the fan-out writes (an idle
-            # stream's heartbeat costs a send(), not an IOStream write and its future).
-            if _send(sink, data) == _QUEUED:
-                self._wait_for_drain(sink)
-            return
-        stream.write(data)
-
-    cdef void _wait_for_drain(self, Sink sink) except *:
-        wait_for_drain(self, sink)
-
-    def _drained(self, Sink sink):
-        if drained(sink):
-            self.flush_one(sink)
-
-    def _timed_out(self, Sink sink):
-        if timed_out(self, sink):
-            del self._sinks[sink]
-            sink.on_drop()
-
-
-cdef class TopicSink(Sink):
-    """One connection of a topic log: its topics, and where it stands.
-
-    A *live* sink has received every entry of its topics before the fan-out's
-    ``flushed`` mark, so it needs no cursor of its own; a sink that is not live (its
-    socket was full, it is resuming) has everything of its topics before ``cursor`` and
-    is caught up when its stream drains. ``pending`` and ``mark`` are scratch space of
-    one flush.
-    """
-
-    cdef public set topics
-    cdef public list pending
-    cdef public long long mark
-    cdef public bint live
-    cdef public long long skipped
-
-    def __init__(self, stream, int format, on_drop, deliver=None):
-        Sink.__init__(self, stream, format, on_drop, deliver)
-        self.topics = set()
-        self.pending = None
-        self.mark = 0
-        self.live = False
-        self.skipped = 0  # entries of its topics flushed while it was not live
-
-
 cdef bytes _join_frames(list frames, bint chunked):
     """The frames as one bytes object, inside one HTTP/1.1 chunk when ``chunked``."""
     cdef Py_ssize_t total = 0, n, h = 0
@@ -368,19 +181,14 @@ cdef bytes _join_frames(list frames, bint chunked):
     return out
 
 
-cdef class TopicFanoutCore:
-    """The hot part of a topic fan-out: one flush pass, one write per connection.
-
-    The twin of ``TopicFanoutCore`` in ``tornadose/_fanout_py.py``: a flush walks the
-    entries appended since the last one; for each, the connections of its topic
-    (``TopicState.subs``) collect its frame (with ``conflate``, only the topic's newest
-    entry is sent). Each live connection touched then gets what it collected in ONE
-    non-blocking ``send()`` straight to its socket where that is safe. Connections that
-    are not live are left to :class:`tornadose.topicfanout.TopicFanout`.
+cdef class FanoutCore:
+    """The hot part of the fan-out over one ``TopicRing``: the twin of ``FanoutCore`` in
+    ``tornadose/_fanout_py.py``. The paths that are not hot are
+    :class:`tornadose.topicfanout.Fanout`'s, for both backends.
     """
 
-    # The ring is touched once per entry of a flush (its topic and frames), never per
-    # connection, so it needs no C-level interface.
+    # The ring is touched once per entry of a flush (its topic and frames) or once per
+    # flush of one topic (join), never per connection, so it needs no C-level interface.
     cdef public object _ring
     cdef public bint conflate
     cdef public double write_timeout
@@ -392,6 +200,7 @@ cdef class TopicFanoutCore:
     cdef public long long lapped
     cdef public long long conflated
     cdef public long long timed_out
+    cdef object __weakref__
 
     def __init__(self, ring, bint conflate, double write_timeout=0.0):
         self._ring = ring
@@ -407,22 +216,34 @@ cdef class TopicFanoutCore:
         self.timed_out = 0
 
     def flush(self):
-        """Bring every live connection up to the ring's head, one write each."""
+        """Bring every live connection up to the log's head, one write each."""
         cdef object ring = self._ring
         cdef long long start = self.flushed
         cdef long long head = ring.head
         cdef long long seq, mark
         cdef list touched = []
-        cdef TopicSink sink
+        cdef Sink sink
         cdef dict subs
         cdef object topic, sse, ws, key
         cdef bint conflate = self.conflate
         if start >= head:
             return
-        if start < ring.tail:
-            self._overrun(start)
-            start = ring.tail
+        cdef bint run = <long long>ring.run_start <= start
+        if start < <long long>ring.tail:
+            # More was appended in one loop turn than the log holds.
+            if not conflate:
+                self._overrun(start)
+                start = ring.tail
+            elif not run:
+                # Latest values the log evicted unsent are still each topic's own:
+                # catching up brings them, and everything else, at once.
+                self.flushed = head
+                self._overrun(start)
+                return
         self.flushed = head
+        if run:
+            self._flush_run(ring, start, head)
+            return
         self._mark += 1
         mark = self._mark
         entry = ring.entry
@@ -434,7 +255,7 @@ cdef class TopicFanoutCore:
                 self.conflated += len(subs)
                 continue
             for key in subs:
-                sink = <TopicSink>key
+                sink = <Sink>key
                 if sink.mark != mark:
                     sink.mark = mark
                     touched.append(sink)
@@ -454,27 +275,88 @@ cdef class TopicFanoutCore:
             else:
                 self._behind(sink)
 
-    def _write(self, TopicSink sink, list frames, long long before):
-        """Write ``frames`` (everything of its topics from ``before`` to ``flushed``) to
-        ``sink`` in one write. A busy sink stops being live at ``before``; one whose
-        socket takes only part waits, not live, at ``flushed``."""
-        self._write_c(sink, frames, before)
+    cdef int _flush_run(self, object ring, long long start, long long head) except -1:
+        # Every entry from ``start`` is of one topic: every live connection of it gets
+        # the same bytes, joined once per wire format.
+        cdef Sink sink
+        cdef long long first = start, count
+        cdef int fmt
+        cdef bytes data
+        cdef dict subs = ring.entry(head - 1)[0].subs
+        if not subs:
+            return 0
+        if self.conflate and head - 1 > start:
+            self.conflated += (head - 1 - start) * len(subs)
+            first = head - 1
+        count = head - first
+        # Per wire format: the frames, and the bytes they make.
+        cdef list frames = [None, None, None]
+        cdef list joined = [None, None, None]
+        for key in tuple(subs):
+            sink = <Sink>key
+            if not sink.live:
+                sink.skipped += count
+                self._behind(sink)
+                continue
+            if not self._ready(sink, start):
+                continue
+            self.delivered += count
+            self.writes += 1
+            sink.written = True
+            fmt = sink.format
+            if sink.deliver is not None:
+                if frames[fmt] is None:
+                    frames[fmt] = ring.frames(_WS if fmt == _F_WS else _SSE, first)
+                sink.deliver(frames[fmt])
+                continue
+            found = joined[fmt]
+            if found is None:
+                data = ring.join(_WS if fmt == _F_WS else _SSE, first)
+                if fmt == _F_SSE_CHUNKED:
+                    data = _chunk(data)
+                joined[fmt] = data
+            else:
+                data = <bytes>found
+            self._put(sink, data)
+        return 0
 
-    cdef int _write_c(self, TopicSink sink, list frames, long long before) except -1:
+    cdef bint _ready(self, Sink sink, long long before) except -1:
+        """Whether ``sink`` can be written now. A busy one stops being live at
+        ``before`` and waits for its stream to drain."""
         cdef bint busy
         stream = sink.stream
         if sink.sock is not None:
             if stream.socket is not sink.sock:
-                return 0  # closed: its close callback deregisters it
+                return False  # closed: its close callback deregisters it
             busy = sink.wbuf._size != 0
         else:
             if stream.closed():
-                return 0
+                return False
             busy = stream.writing()
         if busy:
             sink.live = False
             sink.cursor = before
             self._wait_for_drain(sink)
+            return False
+        return True
+
+    cdef int _put(self, Sink sink, bytes data) except -1:
+        """Send ``data`` (everything up to ``flushed``); a sink whose socket takes only
+        part of it waits, not live, at ``flushed``."""
+        if _send(sink, data) == _QUEUED:
+            sink.live = False
+            sink.cursor = self.flushed
+            self._wait_for_drain(sink)
+        return 0
+
+    def _write(self, Sink sink, list frames, long long before):
+        """Write ``frames`` (everything of its topics from ``before`` to ``flushed``) to
+        ``sink`` in one write. A busy sink stops being live at ``before``; one whose
+        socket takes only part waits, not live, at ``flushed``."""
+        self._write_c(sink, frames, before)
+
+    cdef int _write_c(self, Sink sink, list frames, long long before) except -1:
+        if not self._ready(sink, before):
             return 0
         self.delivered += len(frames)
         self.writes += 1
@@ -482,8 +364,48 @@ cdef class TopicFanoutCore:
         if sink.deliver is not None:
             sink.deliver(frames)
             return 0
-        if _send(sink, _join_frames(frames, sink.format == _F_SSE_CHUNKED)) == _QUEUED:
-            sink.live = False
-            sink.cursor = self.flushed
-            self._wait_for_drain(sink)
+        self._put(sink, _join_frames(frames, sink.format == _F_SSE_CHUNKED))
         return 0
+
+    def write_extra(self, Sink sink, bytes sse, bytes ws):
+        """Write one frame that is not in the log (a notice, a heartbeat) to ``sink``
+        now, after anything already queued for it, in the sink's wire format;
+        ``ws=None`` skips WebSocket sinks."""
+        if sink.format == _F_WS:
+            if ws is None:
+                return
+            if sink.deliver is not None:
+                if not sink.stream.closed():
+                    sink.deliver([ws])
+                return
+            self.write_raw(sink, ws)
+        elif sink.format == _F_SSE_CHUNKED:
+            self.write_raw(sink, _chunk(sse))
+        else:
+            self.write_raw(sink, sse)
+
+    def write_raw(self, Sink sink, bytes data):
+        """Write ``data``, already in the sink's wire format, after anything queued for
+        it: straight to the socket when nothing is (an idle stream's heartbeat costs a
+        ``send()``, not a stream write and its future)."""
+        stream = sink.stream
+        if sink.sock is not None:
+            if stream.socket is not sink.sock:
+                return
+            if sink.wbuf._size == 0:
+                if _send(sink, data) == _QUEUED:
+                    self._wait_for_drain(sink)
+                return
+        elif stream.closed():
+            return
+        stream.write(data)
+
+    # Paths that are not hot, defined once for both backends by topicfanout.Fanout.
+    def _overrun(self, long long start):
+        raise NotImplementedError
+
+    def _behind(self, sink):
+        raise NotImplementedError
+
+    def _wait_for_drain(self, sink):
+        raise NotImplementedError

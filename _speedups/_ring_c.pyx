@@ -97,20 +97,26 @@ cdef class Ring:
     cdef list _store(self, int kind):
         return self._sse if kind == SSE else self._ws
 
-    cdef void _check(self, long long start) except *:
-        if not self.tail <= start <= self.head:
-            raise IndexError(f"sequence {start} is outside the ring ({self.tail}..{self.head})")
+    cdef long long _check(self, long long start, long long stop) except -2:
+        if stop < 0:
+            stop = self.head
+        if not self.tail <= start <= stop <= self.head:
+            raise IndexError(
+                f"sequence {start}..{stop} is outside the ring ({self.tail}..{self.head})"
+            )
+        return stop
 
-    cpdef list frames(self, int kind, long long start):
-        """Return the frames of ``kind`` (SSE or WS) from ``start`` up to the head.
+    cpdef list frames(self, int kind, long long start, long long stop=-1):
+        """Return the frames of ``kind`` (SSE or WS) from ``start`` up to ``stop``
+        (default: the head).
 
-        Raises ``IndexError`` when ``start`` is outside ``tail .. head``.
+        Raises ``IndexError`` unless ``tail <= start <= stop <= head``.
         """
-        self._check(start)
+        stop = self._check(start, stop)
         cdef list store = self._store(kind)
         cdef Py_ssize_t i = start % self.capacity
-        cdef Py_ssize_t j = self.head % self.capacity
-        if start == self.head:
+        cdef Py_ssize_t j = stop % self.capacity
+        if start == stop:
             return []
         if i < j:
             return store[i:j]
@@ -118,20 +124,21 @@ cdef class Ring:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    cpdef bytes join(self, int kind, long long start):
-        """Return the frames of ``kind`` from ``start`` to the head as one bytes object."""
-        self._check(start)
+    cpdef bytes join(self, int kind, long long start, long long stop=-1):
+        """Return the frames of ``kind`` from ``start`` to ``stop`` (default: the head)
+        as one bytes object."""
+        stop = self._check(start, stop)
         cdef list store = self._store(kind)
         cdef long long seq
         cdef Py_ssize_t cap = self.capacity, total = 0, n
         cdef object frame
-        if self.head - start == 1:
+        if stop - start == 1:
             return <bytes>store[start % cap]
-        for seq in range(start, self.head):
+        for seq in range(start, stop):
             total += PyBytes_GET_SIZE(<bytes>store[seq % cap])
         cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
         cdef char *dst = PyBytes_AS_STRING(out)
-        for seq in range(start, self.head):
+        for seq in range(start, stop):
             frame = store[seq % cap]
             n = PyBytes_GET_SIZE(<bytes>frame)
             memcpy(dst, PyBytes_AS_STRING(<bytes>frame), n)
@@ -186,11 +193,17 @@ cdef class TopicRing(Ring):
 
     cdef readonly bint keep_latest
     cdef list _topic
+    # Every entry from ``run_start`` to the head is of one topic: a flush of those sends
+    # the same bytes to every connection of it (always so for a store).
+    cdef readonly long long run_start
+    cdef object _run_topic
 
     def __init__(self, Py_ssize_t capacity, Py_ssize_t max_bytes, long long first_seq=0, bint keep_latest=False):
         Ring.__init__(self, capacity, max_bytes, first_seq)
         self.keep_latest = keep_latest
         self._topic = [None] * capacity
+        self.run_start = first_seq
+        self._run_topic = None
 
     cpdef long long add_entry(self, bytes sse, bytes ws, TopicState topic) except -1:
         """Store one message of ``topic`` and return its sequence number (see
@@ -199,6 +212,9 @@ cdef class TopicRing(Ring):
             raise TypeError("a TopicRing entry needs its topic")
         cdef long long seq = self.append(sse, ws)
         self._topic[seq % self.capacity] = topic
+        if topic is not self._run_topic:
+            self._run_topic = topic
+            self.run_start = seq
         topic.last_seq = seq
         if self.keep_latest:
             topic.last_sse = sse

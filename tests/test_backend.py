@@ -27,12 +27,12 @@ def test_compiled_backend_loaded():
     assert tornadose.backend == "cython"
     assert frames.build_frames.__module__ == "tornadose._frames_c"
     assert ring.Ring.__module__ == "tornadose._ring_c"
-    assert fanout.Fanout.__module__ == "tornadose._fanout_c"
+    assert fanout.FanoutCore.__module__ == "tornadose._fanout_c"
 
 
 def test_environment_variable_forces_python():
     env = {**os.environ, "TORNADOSE_NO_EXTENSIONS": "1"}
-    code = "import tornadose, tornadose.fanout as f; print(tornadose.backend, f.Fanout.__module__)"
+    code = "import tornadose, tornadose.fanout as f; print(tornadose.backend, f.FanoutCore.__module__)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.split() == ["python", "tornadose._fanout_py"], out.stderr
 

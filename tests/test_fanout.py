@@ -1,8 +1,9 @@
-"""Fan-out over real sockets, both backends, without a running event loop.
+"""The one fan-out engine over real sockets, both backends, without a running loop.
 
-Each subscriber is a Tornado IOStream on one end of a connected TCP pair; the test
-reads the other end. Only the drain test runs the loop, because catching up after a
-full socket is the loop's job.
+A store is the one-topic case of the topic log, so these tests drive the engine as a
+store does: one ``TopicState``, every connection on it. Each subscriber is a Tornado
+IOStream on one end of a connected TCP pair; the test reads the other end. Only the
+drain test runs the loop, because catching up after a full socket is the loop's job.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import struct
 
 import pytest
 from tornado.iostream import IOStream
+
+from tornadose.topicfanout import FanoutPaths
 
 SSE, WS = 0, 1
 
@@ -70,9 +73,45 @@ def nothing_pending(peer: socket.socket) -> bool:
     return False
 
 
+class OneTopic:
+    """A log of one topic and the engine on it, built on ``impl``'s core."""
+
+    def __init__(self, impl, conflate: bool, capacity: int) -> None:
+        self.log = impl.ring.TopicRing(capacity, 1 << 20, 0, conflate)
+        self.topic = impl.ring.TopicState("t")
+        engine = type("Fanout", (FanoutPaths, impl.fanout.FanoutCore), {"__slots__": ()})
+        self.fan = engine(self.log, conflate)
+
+    @property
+    def head(self) -> int:
+        return self.log.head
+
+    def append(self, sse: bytes, ws: bytes) -> int:
+        return self.log.add_entry(sse, ws, self.topic)
+
+
+class Engine:
+    """What the tests hold: ``ring.append``/``ring.head`` and ``fan.add(sink, cursor)``."""
+
+    def __init__(self, one: OneTopic) -> None:
+        self._one = one
+
+    def __getattr__(self, name):
+        return getattr(self._one.fan, name)
+
+    def __len__(self) -> int:
+        return len(self._one.fan)
+
+    def __contains__(self, sink) -> bool:
+        return sink in self._one.fan
+
+    def add(self, sink, cursor) -> None:
+        self._one.fan.add(sink, (self._one.topic,), cursor)
+
+
 def setup(impl, conflate=False, capacity=64):
-    ring = impl.ring.Ring(capacity, 1 << 20)
-    return ring, impl.fanout.Fanout(ring, conflate)
+    one = OneTopic(impl, conflate, capacity)
+    return one, Engine(one)
 
 
 def test_one_write_per_flush_with_everything_since_the_cursor(impl, pairs):
@@ -84,7 +123,7 @@ def test_one_write_per_flush_with_everything_since_the_cursor(impl, pairs):
         ring.append(b"e%d\n\n" % i, b"w%d" % i)
     fan.flush()
     assert recv_exactly(peer, 12) == b"e0\n\ne1\n\ne2\n\n"
-    assert (fan.writes, fan.delivered, sink.cursor) == (1, 3, 3)
+    assert (fan.writes, fan.delivered, fan.position(sink)) == (1, 3, 3)
     fan.flush()  # up to date: nothing more
     assert fan.writes == 1 and nothing_pending(peer)
 
@@ -189,4 +228,4 @@ def test_full_socket_hands_the_rest_to_iostream_and_catches_up(impl, pairs, loop
         return await reader.readexactly(sum(map(len, frames)))
 
     assert loop.run_until_complete(asyncio.wait_for(read_all(), 10)) == b"".join(frames)
-    assert fan.writes == 2 and sink.cursor == 6
+    assert fan.writes == 2 and fan.position(sink) == 6

@@ -50,7 +50,8 @@ def records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRec
 
 async def new_store(redis: RedisServer, serve, **kwargs) -> SimpleNamespace:
     """A started RedisStreamStore on the test's Redis, served on its own port."""
-    attrs = {k: kwargs.pop(k) for k in ("backfill_page", "reconnect_delay_min") if k in kwargs}
+    names = ("backfill_page", "read_count", "reconnect_delay_min")
+    attrs = {k: kwargs.pop(k) for k in names if k in kwargs}
     store = RedisStreamStore(host="127.0.0.1", port=redis.port, **kwargs)
     for name, value in attrs.items():
         setattr(store, name, value)
@@ -293,8 +294,10 @@ async def test_id_older_than_the_ring_but_in_redis_resumes_exactly_while_message
 ):
     a = await new_store(redis_server, serve)
     # B keeps 16 messages; history comes back from Redis 7 at a time while A publishes,
-    # so B's ring moves on under the backfill several times before it catches up.
-    b = await new_store(redis_server, serve, capacity=16, backfill_page=7)
+    # so B's ring moves on under the backfill several times before it catches up. B
+    # reads at most 8 entries per XREAD: one read of more than its ring holds (B's
+    # reader behind under load) would lap every subscriber, this one included.
+    b = await new_store(redis_server, serve, capacity=16, backfill_page=7, read_count=8)
     ids = [await a.store.submit(f"msg {n}") for n in range(100)]
     await wait_until(lambda: b.store.stats()["messages"] == 100)
     feed = Feed(a.store, 400, start=100, per_iteration=3)

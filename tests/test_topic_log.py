@@ -86,11 +86,11 @@ async def test_a_flush_touches_only_the_connections_of_the_new_entries(serve):
     ticks = TopicRegistry(QueueStore)
     port = await serve(routes(ticks))
     quiet = [await RawSSEClient.connect("127.0.0.1", port, f"/sse?topics=Q{i}") for i in range(20)]
-    busy = await RawSSEClient.connect("127.0.0.1", port, "/sse?topics=B")
+    busy = await RawSSEClient.connect("127.0.0.1", port, "/sse?topics=B,C")
     await wait_until(lambda: ticks.connections == 21)
     marks = [sink.mark for sink in ticks._fanout]
     for i in range(10):
-        ticks.submit("B", i)
+        ticks.submit("BC"[i % 2], i)  # two topics: the pass over entries, not one run
     ticks.publish()
     touched = [sink for sink, before in zip(ticks._fanout, marks) if sink.mark != before]
     assert len(touched) == 1 and ticks.stats()["writes"] == 1

@@ -1,43 +1,51 @@
-"""Fan-out, pure-Python backend: one write per subscriber per flush.
+"""The fan-out's hot part, pure-Python backend: one flush pass, one write per connection.
 
-A flush walks the store's subscribers once. Each subscriber whose cursor is behind the
-ring's head gets every frame between its cursor and the head in ONE write; subscribers
-at the same cursor share the joined bytes, so a burst is joined once per distinct cursor,
-not once per subscriber. A subscriber whose stream still has bytes pending is skipped and
-a one-shot drain callback brings it up to date when the stream empties. A subscriber whose
-cursor fell off the ring is *lapped*: with ``conflate`` it jumps to the newest entry,
-otherwise it is removed and its ``on_drop`` callback runs (the store disconnects it). A
-subscriber whose stream stays full for ``write_timeout`` seconds (a half-open or frozen
-client) is removed the same way.
+A flush walks the log's entries appended since the last one. For each, the connections
+of its topic (``TopicState.subs``) collect its frame (latest-value logs send only each
+topic's newest entry of the turn); every live connection touched then gets what it
+collected in ONE write, so the cost follows deliveries, not connections x topics. When
+every new entry belongs to one topic (always so for a store, the one-topic case) the
+turn's frames are joined once per wire format and the same bytes go to every connection
+of that topic. Writes go straight to the socket where that is provably the same as
+``IOStream.write`` (a plain TCP IOStream, or a detached stream); what the socket does
+not take is queued on the stream, and the connection waits, not live, until it drains.
+
+The paths that are not hot (joining, leaving, catching up, dropping) are written once,
+for both backends, in :mod:`tornadose.topicfanout`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Callable
 
 from tornado.iostream import IOStream
 
-from ._drain import drained, timed_out, wait_for_drain
-from ._ring_py import SSE, WS, Ring, TopicRing, TopicState
+from ._ring_py import SSE, WS, TopicRing
 
-# Wire formats a subscriber can take.
+# Wire formats a connection can take.
 FORMAT_SSE = 0  # SSE events as they are (HTTP/1.0, or a body that is not chunked)
 FORMAT_SSE_CHUNKED = 1  # SSE events inside one HTTP/1.1 chunk per write
 FORMAT_WS = 2  # WebSocket text frames
 
 
 class Sink:
-    """One fast-path subscriber: a cursor into the ring and the stream it is written to.
+    """One fast-path connection: its stream, its topics, and where it stands.
 
-    ``deliver``, when given, replaces raw writes: it is called with the list of pending
-    WebSocket frames (used where frames cannot go out as built, e.g. with compression).
-    ``on_drop`` is called when the fan-out drops the subscriber (lapped, or stalled past
-    the write timeout); it must close the connection. ``written`` is set on every write,
-    for heartbeats to tell idle streams.
+    A *live* sink has received every entry of its topics before the fan-out's
+    ``flushed`` mark, so it needs no cursor of its own; a sink that is not live (its
+    socket was full, it is resuming) has everything of its topics before ``cursor`` and
+    is caught up when its stream drains. ``deliver``, when given, replaces raw writes:
+    it is called with the list of pending frames (where frames cannot go out as built,
+    e.g. Tornado's WebSocket protocol with compression). ``on_drop`` is called when the
+    fan-out drops the connection (lapped, or stalled past the write timeout); it must
+    close the connection. ``written`` is set on every write, for heartbeats to tell idle
+    streams. ``pending`` and ``mark`` are scratch space of one flush.
     """
 
-    __slots__ = ("stream", "format", "cursor", "on_drop", "deliver", "waiting", "send", "written", "timer")
+    __slots__ = (
+        "stream", "format", "cursor", "on_drop", "deliver", "waiting", "send", "written",
+        "timer", "topics", "pending", "mark", "live", "skipped",
+    )
 
     def __init__(
         self,
@@ -56,6 +64,12 @@ class Sink:
         self.waiting = False
         self.written = False
         self.timer: object | None = None
+        # A tuple for one topic (a store's connections: 48 bytes, not a set's 216).
+        self.topics: tuple[object, ...] | set[object] = ()
+        self.pending: list[bytes] | None = None
+        self.mark = 0
+        self.live = False
+        self.skipped = 0  # entries of its topics flushed while it was not live
         # Straight to the socket only where that is provably the same as IOStream.write:
         # a plain TCP IOStream. TLS streams (a subclass) keep their own state, so they
         # and anything else take the IOStream path.
@@ -79,7 +93,7 @@ SENT, QUEUED, GONE = 0, 1, 2
 
 def _send(sink: Sink, data: bytes) -> int:
     """Write ``data`` to the sink's connection: straight to the socket when that is
-    safe, and what the socket does not take (or everything, otherwise) to the IOStream,
+    safe, and what the socket does not take (or everything, otherwise) to the stream,
     which keeps it in order and writes it as the socket drains. Returns ``SENT`` when
     all of it went out now, ``QUEUED`` when some of it waits in the stream, ``GONE``
     when the client is gone."""
@@ -103,170 +117,13 @@ def _send(sink: Sink, data: bytes) -> int:
     return SENT
 
 
-class Fanout:
-    """The subscribers of one ring and the logic that writes to them."""
+class FanoutCore:
+    """The hot part of the fan-out over one :class:`~tornadose.ring.TopicRing`.
 
-    __slots__ = (
-        "_ring", "conflate", "write_timeout", "_sinks",
-        "delivered", "writes", "lapped", "conflated", "timed_out",
-    )
-
-    def __init__(self, ring: Ring, conflate: bool, write_timeout: float = 0.0) -> None:
-        self._ring = ring
-        self.conflate = conflate
-        self.write_timeout = write_timeout  # seconds; 0 disables
-        self._sinks: dict[Sink, None] = {}
-        self.delivered = 0  # messages written, summed over subscribers
-        self.writes = 0
-        self.lapped = 0
-        self.conflated = 0  # messages skipped by conflation
-        self.timed_out = 0
-
-    def __len__(self) -> int:
-        return len(self._sinks)
-
-    def __iter__(self) -> Iterator[Sink]:
-        return iter(tuple(self._sinks))
-
-    def __contains__(self, sink: object) -> bool:
-        return sink in self._sinks
-
-    def add(self, sink: Sink, cursor: int) -> None:
-        """Start delivering to ``sink`` from sequence number ``cursor``."""
-        sink.cursor = cursor
-        self._sinks[sink] = None
-
-    def discard(self, sink: Sink) -> None:
-        """Stop delivering to ``sink``; unknown sinks are ignored."""
-        self._sinks.pop(sink, None)
-
-    def flush(self) -> None:
-        """Bring every subscriber up to the ring's head, one write each."""
-        cache: dict[tuple[int, int], bytes] = {}
-        for sink in tuple(self._sinks):
-            self._deliver(sink, cache)
-
-    def flush_one(self, sink: Sink) -> None:
-        """Bring one subscriber up to the head (after it drained, or when it joins)."""
-        if sink in self._sinks:
-            self._deliver(sink, {})
-
-    def _deliver(self, sink: Sink, cache: dict[tuple[int, int], bytes]) -> None:
-        ring = self._ring
-        head = ring.head
-        cursor = sink.cursor
-        if cursor >= head:
-            return
-        if self.conflate:
-            if cursor < head - 1:
-                self.conflated += head - 1 - cursor
-                cursor = head - 1
-        elif cursor < ring.tail:
-            self.lapped += 1
-            del self._sinks[sink]
-            sink.on_drop()
-            return
-        stream = sink.stream
-        if stream.closed():
-            return
-        if stream.writing():
-            self._wait_for_drain(sink)
-            return
-        self.delivered += head - cursor
-        self.writes += 1
-        sink.cursor = head
-        sink.written = True
-        if sink.deliver is not None:
-            sink.deliver(ring.frames(WS, cursor))
-            return
-        key = (sink.format, cursor)
-        data = cache.get(key)
-        if data is None:
-            if sink.format == FORMAT_WS:
-                data = ring.join(WS, cursor)
-            elif sink.format == FORMAT_SSE_CHUNKED:
-                data = _chunk(ring.join(SSE, cursor))
-            else:
-                data = ring.join(SSE, cursor)
-            cache[key] = data
-        if _send(sink, data) == QUEUED:
-            # Until the rest is written, this subscriber is skipped.
-            self._wait_for_drain(sink)
-
-    def write_extra(self, sink: Sink, sse: bytes, ws: bytes | None) -> None:
-        """Write one frame that is not in the ring (a gap notice, a heartbeat) to ``sink``
-        now, after anything already queued for it, in the sink's wire format."""
-        stream = sink.stream
-        if stream.closed():
-            return
-        if sink.format == FORMAT_WS:
-            if ws is None:
-                return
-            if sink.deliver is not None:
-                sink.deliver([ws])
-                return
-            data = ws
-        elif sink.format == FORMAT_SSE_CHUNKED:
-            data = _chunk(sse)
-        else:
-            data = sse
-        if sink.send is not None and not stream.writing():
-            # Nothing queued: straight to the socket, as the fan-out writes (an idle
-            # stream's heartbeat costs a send(), not an IOStream write and its future).
-            if _send(sink, data) == QUEUED:
-                self._wait_for_drain(sink)
-            return
-        stream.write(data)
-
-    def _wait_for_drain(self, sink: Sink) -> None:
-        wait_for_drain(self, sink)
-
-    def _drained(self, sink: Sink) -> None:
-        if drained(sink):
-            self.flush_one(sink)
-
-    def _timed_out(self, sink: Sink) -> None:
-        if timed_out(self, sink):
-            del self._sinks[sink]
-            sink.on_drop()
-
-
-class TopicSink(Sink):
-    """One connection of a topic log: its topics, and where it stands.
-
-    A *live* sink has received every entry of its topics before the fan-out's
-    ``flushed`` mark, so it needs no cursor of its own; a sink that is not live (its
-    socket was full, it is resuming) has everything of its topics before ``cursor`` and
-    is caught up when its stream drains. ``pending`` and ``mark`` are scratch space of
-    one flush.
-    """
-
-    __slots__ = ("topics", "pending", "mark", "live", "skipped")
-
-    def __init__(
-        self,
-        stream: IOStream,
-        format: int,
-        on_drop: Callable[[], None],
-        deliver: Callable[[list[bytes]], None] | None = None,
-    ) -> None:
-        super().__init__(stream, format, on_drop, deliver)
-        self.topics: set[TopicState] = set()
-        self.pending: list[bytes] | None = None
-        self.mark = 0
-        self.live = False
-        self.skipped = 0  # entries of its topics flushed while it was not live
-
-
-class TopicFanoutCore:
-    """The hot part of a topic fan-out: one flush pass, one write per connection.
-
-    A flush walks the entries appended since the last one; for each, the connections
-    of its topic (``TopicState.subs``) collect its frame (with ``conflate``, only the
-    topic's newest entry is sent; the ones it superseded are skipped). Each live connection touched
-    then gets what it collected in ONE write: the cost follows deliveries, not
-    connections x topics. Connections that are not live are left to
-    :class:`tornadose.topicfanout.TopicFanout`, which holds the paths that are not hot.
+    ``conflate`` makes every topic a latest-value topic, otherwise every topic is a
+    queue topic; ``write_timeout`` (seconds, 0: never) drops a connection whose socket
+    stays full that long. Counters: ``delivered`` (frames written, summed over
+    connections), ``writes``, ``lapped``, ``conflated``, ``timed_out``.
     """
 
     __slots__ = (
@@ -278,7 +135,7 @@ class TopicFanoutCore:
         self._ring = ring
         self.conflate = conflate
         self.write_timeout = write_timeout  # seconds; 0 disables
-        self._sinks: dict[TopicSink, None] = {}
+        self._sinks: dict[Sink, None] = {}
         #: Every live sink has all entries of its topics before this sequence number.
         self.flushed = ring.head
         self._mark = 0
@@ -289,21 +146,33 @@ class TopicFanoutCore:
         self.timed_out = 0
 
     def flush(self) -> None:
-        """Bring every live connection up to the ring's head, one write each."""
+        """Bring every live connection up to the log's head, one write each."""
         ring = self._ring
         start = self.flushed
         head = ring.head
         if start >= head:
             return
+        conflate = self.conflate
+        run = ring.run_start <= start
         if start < ring.tail:
-            self._overrun(start)
-            start = ring.tail
+            # More was appended in one loop turn than the log holds.
+            if not conflate:
+                self._overrun(start)
+                start = ring.tail
+            elif not run:
+                # Latest values the log evicted unsent are still each topic's own:
+                # catching up brings them, and everything else, at once.
+                self.flushed = head
+                self._overrun(start)
+                return
         self.flushed = head
+        if run:
+            self._flush_run(ring, start, head)
+            return
         self._mark += 1
         mark = self._mark
-        touched: list[TopicSink] = []
+        touched: list[Sink] = []
         entry = ring.entry
-        conflate = self.conflate
         for seq in range(start, head):
             topic, sse, ws = entry(seq)
             if conflate and seq != topic.last_seq:
@@ -330,17 +199,70 @@ class TopicFanoutCore:
             else:
                 self._behind(sink)
 
-    def _write(self, sink: TopicSink, frames: list[bytes], before: int) -> None:
-        """Write ``frames`` (everything of its topics from ``before`` to ``flushed``) to
-        ``sink`` in one write. A busy sink stops being live at ``before``; one whose
-        socket takes only part waits, not live, at ``flushed``."""
+    def _flush_run(self, ring: TopicRing, start: int, head: int) -> None:
+        # Every entry from ``start`` is of one topic: every live connection of it gets
+        # the same bytes, joined once per wire format.
+        topic = ring.entry(head - 1)[0]
+        subs = topic.subs
+        if not subs:
+            return
+        first = start
+        if self.conflate and head - 1 > start:
+            self.conflated += (head - 1 - start) * len(subs)
+            first = head - 1
+        count = head - first
+        # Per wire format: the frames, and the bytes they make.
+        frames: list[list[bytes] | None] = [None, None, None]
+        joined: list[bytes | None] = [None, None, None]
+        for sink in tuple(subs):
+            if not sink.live:
+                sink.skipped += count
+                self._behind(sink)
+                continue
+            if not self._ready(sink, start):
+                continue
+            self.delivered += count
+            self.writes += 1
+            sink.written = True
+            fmt = sink.format
+            if sink.deliver is not None:
+                if frames[fmt] is None:
+                    frames[fmt] = ring.frames(WS if fmt == FORMAT_WS else SSE, first)
+                sink.deliver(frames[fmt])  # type: ignore[arg-type]
+                continue
+            data = joined[fmt]
+            if data is None:
+                data = ring.join(WS if fmt == FORMAT_WS else SSE, first)
+                if fmt == FORMAT_SSE_CHUNKED:
+                    data = _chunk(data)
+                joined[fmt] = data
+            self._put(sink, data)
+
+    def _ready(self, sink: Sink, before: int) -> bool:
+        """Whether ``sink`` can be written now. A busy one stops being live at
+        ``before`` and waits for its stream to drain."""
         stream = sink.stream
         if stream.closed():
-            return
+            return False  # its close callback deregisters it
         if stream.writing():
             sink.live = False
             sink.cursor = before
             self._wait_for_drain(sink)
+            return False
+        return True
+
+    def _put(self, sink: Sink, data: bytes) -> None:
+        """Send ``data`` (everything up to ``flushed``); a sink whose socket takes only
+        part of it waits, not live, at ``flushed``."""
+        if _send(sink, data) == QUEUED:
+            sink.live = False
+            sink.cursor = self.flushed
+            self._wait_for_drain(sink)
+
+    def _write(self, sink: Sink, frames: list[bytes], before: int) -> None:
+        """Write ``frames`` (everything of its topics from ``before`` to ``flushed``) to
+        ``sink`` in one write."""
+        if not self._ready(sink, before):
             return
         self.delivered += len(frames)
         self.writes += 1
@@ -351,17 +273,44 @@ class TopicFanoutCore:
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         if sink.format == FORMAT_SSE_CHUNKED:
             data = _chunk(data)
-        if _send(sink, data) == QUEUED:
-            sink.live = False
-            sink.cursor = self.flushed
-            self._wait_for_drain(sink)
+        self._put(sink, data)
 
-    # Paths that are not hot, defined once for both backends by TopicFanout.
+    def write_extra(self, sink: Sink, sse: bytes, ws: bytes | None) -> None:
+        """Write one frame that is not in the log (a notice, a heartbeat) to ``sink``
+        now, after anything already queued for it, in the sink's wire format;
+        ``ws=None`` skips WebSocket sinks."""
+        if sink.format == FORMAT_WS:
+            if ws is None:
+                return
+            if sink.deliver is not None:
+                if not sink.stream.closed():
+                    sink.deliver([ws])
+                return
+            self.write_raw(sink, ws)
+        elif sink.format == FORMAT_SSE_CHUNKED:
+            self.write_raw(sink, _chunk(sse))
+        else:
+            self.write_raw(sink, sse)
+
+    def write_raw(self, sink: Sink, data: bytes) -> None:
+        """Write ``data``, already in the sink's wire format, after anything queued for
+        it: straight to the socket when nothing is (an idle stream's heartbeat costs a
+        ``send()``, not a stream write and its future)."""
+        stream = sink.stream
+        if stream.closed():
+            return
+        if sink.send is not None and not stream.writing():
+            if _send(sink, data) == QUEUED:
+                self._wait_for_drain(sink)
+            return
+        stream.write(data)
+
+    # Paths that are not hot, defined once for both backends by topicfanout.Fanout.
     def _overrun(self, start: int) -> None:
         raise NotImplementedError
 
-    def _behind(self, sink: TopicSink) -> None:
+    def _behind(self, sink: Sink) -> None:
         raise NotImplementedError
 
-    def _wait_for_drain(self, sink: TopicSink) -> None:
+    def _wait_for_drain(self, sink: Sink) -> None:
         raise NotImplementedError

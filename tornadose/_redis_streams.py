@@ -309,14 +309,13 @@ class RedisStreamStore(_RedisBase):
         self, sink: Sink, cursor: int, gap: dict[str, Any] | None, resumed: bool
     ) -> None:
         """Join the fan-out at ``cursor``, after a gap notice when there is one."""
-        self._fanout.add(sink, cursor)
         if gap is not None:
             self._gaps += 1
             sse, ws, _ = build_frames(gap, self._live_id(), _GAP)
             self._fanout.write_extra(sink, sse, ws)
         elif resumed:
             self._resumed += 1
-        self._fanout.flush_one(sink)
+        self._fanout.add(sink, self._topics, cursor)
 
     def deregister(self, subscriber: Any) -> None:
         task = self._backfills.pop(subscriber, None)
@@ -416,7 +415,8 @@ class RedisStreamStore(_RedisBase):
 
     def _write_entries(self, sink: Sink, entries: list[tuple[bytes, Any]]) -> None:
         """Write history entries straight to ``sink``, as the fan-out would."""
-        sse_frames, ws_frames = [], []
+        frames = []
+        ws_format = sink.format == FORMAT_WS
         for raw_id, fields in entries:
             data = fields.get(_FIELD) if fields else None
             if data is None:
@@ -427,19 +427,15 @@ class RedisStreamStore(_RedisBase):
                 continue
             if size > self.max_message_size:
                 continue  # skipped live too (with a WARNING there)
-            sse_frames.append(sse)
-            ws_frames.append(ws)
-        if not sse_frames:
+            frames.append(ws if ws_format else sse)
+        if not frames:
             return
         fanout = self._fanout
-        if sink.format == FORMAT_WS and sink.deliver is not None:
-            sink.deliver(ws_frames)
-        else:
-            fanout.write_extra(sink, b"".join(sse_frames), b"".join(ws_frames))
+        fanout.write_frames(sink, frames)
         sink.written = True
-        fanout.delivered += len(sse_frames)
+        fanout.delivered += len(frames)
         fanout.writes += 1
-        self._backfilled += len(sse_frames)
+        self._backfilled += len(frames)
 
     async def _drained(self, sink: Sink) -> bool:
         """Wait until ``sink``'s connection has written everything queued; ``False``
@@ -610,7 +606,7 @@ class RedisStreamStore(_RedisBase):
 
     def _append_notice(self, sse: bytes, ws: bytes) -> int:
         """Hook: put a gap notice into the ring; returns its sequence number."""
-        return self._ring.append(sse, ws)
+        return self._ring.add_entry(sse, ws, self._topic)
 
     def _skip(self, raw_id: bytes, why: str) -> None:
         logger.warning(

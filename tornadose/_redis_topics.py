@@ -25,7 +25,7 @@ from .frames import build_frames
 from .ring import TopicState
 
 if TYPE_CHECKING:
-    from .topicfanout import TopicSink
+    from .fanout import Sink
     from .topics import TopicRegistry
 
 __all__ = ["TOPIC_FIELD", "stream_log_class"]
@@ -81,7 +81,7 @@ class _TopicStreamLog:
     # -- connections -----------------------------------------------------------------
 
     def _start_sink(
-        self, sink: TopicSink, cursor: int, gap: dict[str, Any] | None, resumed: bool
+        self, sink: Sink, cursor: int, gap: dict[str, Any] | None, resumed: bool
     ) -> None:
         registry = self._registry
         handler = registry._handlers.get(sink)
@@ -98,7 +98,7 @@ class _TopicStreamLog:
             registry._resumed += 1
         registry._fanout.add(sink, states, cursor)
 
-    def _write_entries(self, sink: TopicSink, entries: list[tuple[bytes, Any]]) -> None:
+    def _write_entries(self, sink: Sink, entries: list[tuple[bytes, Any]]) -> None:
         """Write history entries of the sink's topics straight to it, as the fan-out
         would."""
         registry = self._registry

@@ -72,26 +72,31 @@ class Ring:
         while self.tail < self.head:
             self._evict()
 
-    def frames(self, kind: int, start: int) -> list[bytes]:
-        """Return the frames of ``kind`` (SSE or WS) from ``start`` up to the head.
+    def frames(self, kind: int, start: int, stop: int = -1) -> list[bytes]:
+        """Return the frames of ``kind`` (SSE or WS) from ``start`` up to ``stop``
+        (default: the head).
 
-        Raises ``IndexError`` when ``start`` is outside ``tail .. head``.
+        Raises ``IndexError`` unless ``tail <= start <= stop <= head``.
         """
-        if not self.tail <= start <= self.head:
-            raise IndexError(f"sequence {start} is outside the ring ({self.tail}..{self.head})")
+        head = self.head
+        if stop < 0:
+            stop = head
+        if not self.tail <= start <= stop <= head:
+            raise IndexError(f"sequence {start}..{stop} is outside the ring ({self.tail}..{head})")
+        if start == stop:
+            return []
         store = self._sse if kind == SSE else self._ws
         cap = self.capacity
         i = start % cap
-        j = self.head % cap
-        if start == self.head:
-            return []
+        j = stop % cap
         if i < j:
             return store[i:j]  # type: ignore[return-value]
         return store[i:] + store[:j]  # type: ignore[operator]
 
-    def join(self, kind: int, start: int) -> bytes:
-        """Return the frames of ``kind`` from ``start`` to the head as one bytes object."""
-        return b"".join(self.frames(kind, start))
+    def join(self, kind: int, start: int, stop: int = -1) -> bytes:
+        """Return the frames of ``kind`` from ``start`` to ``stop`` (default: the head)
+        as one bytes object."""
+        return b"".join(self.frames(kind, start, stop))
 
     def latest(self, kind: int) -> bytes | None:
         """Return the newest frame of ``kind``, or ``None`` when the ring is empty."""
@@ -134,7 +139,7 @@ class TopicRing(Ring):
     current value of a latest-value topic).
     """
 
-    __slots__ = ("keep_latest", "_topic")
+    __slots__ = ("keep_latest", "_topic", "run_start", "_run_topic")
 
     def __init__(
         self, capacity: int, max_bytes: int, first_seq: int = 0, keep_latest: bool = False
@@ -142,6 +147,10 @@ class TopicRing(Ring):
         super().__init__(capacity, max_bytes, first_seq)
         self.keep_latest = keep_latest
         self._topic: list[TopicState | None] = [None] * capacity
+        #: Every entry from ``run_start`` to the head is of one topic: a flush of those
+        #: sends the same bytes to every connection of it (always so for a store).
+        self.run_start = first_seq
+        self._run_topic: TopicState | None = None
 
     def add_entry(self, sse: bytes, ws: bytes, topic: TopicState) -> int:
         """Store one message of ``topic`` and return its sequence number (see
@@ -150,6 +159,9 @@ class TopicRing(Ring):
             raise TypeError("a TopicRing entry needs its topic")
         seq = self.append(sse, ws)
         self._topic[seq % self.capacity] = topic
+        if topic is not self._run_topic:
+            self._run_topic = topic
+            self.run_start = seq
         topic.last_seq = seq
         if self.keep_latest:
             topic.last_sse = sse

@@ -1,4 +1,4 @@
-"""Subscriber set and write scheduling: one write per subscriber per flush.
+"""The fan-out's hot part (flush pass, writes), from the backend chosen at import time.
 
 The implementation comes from the backend chosen in :mod:`tornadose._backend`.
 """
@@ -14,28 +14,22 @@ if TYPE_CHECKING or BACKEND == "python":
         FORMAT_SSE,
         FORMAT_SSE_CHUNKED,
         FORMAT_WS,
-        Fanout,
         Sink,
-        TopicFanoutCore,
-        TopicSink,
+        FanoutCore,
     )
 else:
     from ._fanout_c import (
         FORMAT_SSE,
         FORMAT_SSE_CHUNKED,
         FORMAT_WS,
-        Fanout,
         Sink,
-        TopicFanoutCore,
-        TopicSink,
+        FanoutCore,
     )
 
 __all__ = [
     "FORMAT_SSE",
     "FORMAT_SSE_CHUNKED",
     "FORMAT_WS",
-    "Fanout",
     "Sink",
-    "TopicFanoutCore",
-    "TopicSink",
+    "FanoutCore",
 ]

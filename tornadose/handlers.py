@@ -40,7 +40,6 @@ from ._websocket import Handshake
 from ._wsproto import data_frame
 from .fanout import FORMAT_SSE, FORMAT_SSE_CHUNKED, FORMAT_WS, Sink
 from .frames import encode_message, sse_event, ws_data_body, ws_text_frame
-from .topicfanout import TopicSink
 from .topics import (
     Topic,
     TopicError,
@@ -946,7 +945,7 @@ class _TopicHandler:
         return True
 
     def _attach(self, stream: Any, format: int, deliver: Any = None) -> None:
-        self._tornadose_sink = TopicSink(stream, format, self._lapped, deliver)
+        self._tornadose_sink = Sink(stream, format, self._lapped, deliver)
 
     def _unsubscribe(self) -> None:
         super()._unsubscribe()  # type: ignore[misc]

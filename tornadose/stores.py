@@ -16,9 +16,10 @@ from typing import Any
 from tornado.log import app_log
 
 from . import _instruments
-from .fanout import FORMAT_WS, Fanout, Sink
+from .fanout import Sink
 from .frames import build_frames
-from .ring import SSE, WS, Ring
+from .ring import TopicRing, TopicState
+from .topicfanout import Fanout
 
 __all__ = ["GAP_EVENT", "BaseStore", "DataStore", "QueueStore", "RedisStore", "RedisStreamStore"]
 
@@ -158,8 +159,15 @@ class _RingStore(BaseStore):
             raise ValueError(f"write_timeout must not be negative, got {write_timeout}")
         self.write_delay = check_write_delay(write_delay)
         # Sequence numbers start at 1, so that position 0 means "nothing seen yet".
-        self._ring = Ring(1 if self._conflate else capacity, max_bytes, 1)
+        # A store is the one-topic case of the topic log: one engine delivers both.
+        self._ring = TopicRing(1 if self._conflate else capacity, max_bytes, 1, self._conflate)
         self._fanout = Fanout(self._ring, self._conflate, write_timeout)
+        self._topic = TopicState("")
+        # Every connection of the store is on its one topic: the topic's index of
+        # connections is the fan-out's set (one dict, not two, per store).
+        self._topic.subs = self._fanout._sinks
+        # Shared by every connection (``Fanout.add`` keeps a tuple as it is).
+        self._topics = (self._topic,)
         self.max_message_size = max_message_size
         self.max_subscribers = max_subscribers
         self.event = event
@@ -214,7 +222,7 @@ class _RingStore(BaseStore):
             raise ValueError(
                 f"message of {size} bytes exceeds max_message_size={self.max_message_size}"
             )
-        ring.append(sse, ws)
+        ring.add_entry(sse, ws, self._topic)
         if self._generic:
             if self._conflate:
                 self._generic_pending[:] = [message]
@@ -222,6 +230,9 @@ class _RingStore(BaseStore):
                 self._generic_pending.append(message)
         if self._fanout or self._generic:
             self._schedule()
+        if not self._fanout:
+            # Nobody to deliver to: the next connection starts from here.
+            self._fanout.flushed = ring.head
 
     def _schedule(self) -> None:
         try:
@@ -300,14 +311,13 @@ class _RingStore(BaseStore):
         stream's history) overrides this, and may add the sink to the fan-out later.
         """
         cursor, gap = self._resume_point(last_event_id)
-        self._fanout.add(sink, cursor)
         if gap is not None:
             self._gaps += 1
             sse, ws, _ = build_frames(gap, self._event_id(self._ring.head - 1), _GAP_EVENT)
             self._fanout.write_extra(sink, sse, ws)
         elif last_event_id is not None:
             self._resumed += 1
-        self._fanout.flush_one(sink)
+        self._fanout.add(sink, self._topics, cursor)
 
     def deregister(self, subscriber: Any) -> None:
         """Stop publishing to ``subscriber``; unknown subscribers are ignored."""
@@ -432,7 +442,7 @@ class _RingStore(BaseStore):
             "rejected": self._rejected,
             "revoked": self._revoked,
             "closed": self._closed,
-            "max_lag": max((head - sink.cursor for sink in fanout), default=0),
+            "max_lag": max((head - fanout.position(sink) for sink in fanout), default=0),
         }
 
     def lag(self) -> list[dict[str, Any]]:
@@ -442,18 +452,18 @@ class _RingStore(BaseStore):
         written to it) and ``bytes`` (those messages' frames plus what its connection
         still has queued).
         """
-        ring = self._ring
+        fanout = self._fanout
+        head = self._ring.head
         out = []
         for subscriber in tuple(self.subscribers):
             sink = getattr(subscriber, "_tornadose_sink", None)
-            if sink is None or sink not in self._fanout:
+            if sink is None or sink not in fanout:
                 continue
-            kind = WS if sink.format == FORMAT_WS else SSE
-            frames = ring.frames(kind, max(sink.cursor, ring.tail))
+            frames = fanout.pending(sink)
             out.append(
                 {
                     "subscriber": subscriber,
-                    "messages": ring.head - sink.cursor,
+                    "messages": head - fanout.position(sink),
                     "bytes": sum(map(len, frames)) + _queued_bytes(sink.stream),
                 }
             )
@@ -488,6 +498,7 @@ class DataStore(_RingStore):
         if new_data is None:
             self._data = None
             self._ring.clear()
+            self._topic.last_sse = self._topic.last_ws = None
             return
         self._append(new_data)
         self._data = new_data

@@ -58,7 +58,8 @@ from .stores import (
     _RingStore,
     check_write_delay,
 )
-from .topicfanout import TopicFanout, TopicSink
+from .fanout import Sink
+from .topicfanout import Fanout
 
 __all__ = [
     "DEFAULT_MAX_TOPICS",
@@ -248,7 +249,7 @@ class TopicRegistry:
         self.write_delay = check_write_delay(write_delay)
         # Sequence numbers start at 1, so that position 0 means "nothing seen yet".
         self._ring = TopicRing(capacity, max_bytes, 1, keep_latest=latest)
-        self._fanout = TopicFanout(self._ring, latest, write_timeout)
+        self._fanout = Fanout(self._ring, latest, write_timeout)
         self._epoch = _new_epoch()
         self._id_prefix = self._epoch + b"-"
         self._topics: dict[str, Topic] = {}
@@ -256,7 +257,7 @@ class TopicRegistry:
         # connection holds them; _holders counts those connections.
         self._kept: set[str] = set()
         self._holders: dict[str, int] = {}
-        self._handlers: dict[TopicSink, Any] = {}
+        self._handlers: dict[Sink, Any] = {}
         self._flush_loop: asyncio.AbstractEventLoop | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._joining = 0
@@ -431,7 +432,7 @@ class TopicRegistry:
         self._revoked += ended
         return ended
 
-    def _end(self, sink: TopicSink, revoked: bool = False) -> int:
+    def _end(self, sink: Sink, revoked: bool = False) -> int:
         handler = self._handlers.get(sink)
         if handler is None:
             self._fanout.discard(sink)
@@ -576,7 +577,7 @@ class TopicRegistry:
         """Start delivering to a topic handler: its ``_tornadose_sink`` gets the topics
         in ``_tornadose_topics``, from where its ``_tornadose_last_event_id`` says
         (see the module's documentation), after a gap notice when there is one."""
-        sink: TopicSink = handler._tornadose_sink
+        sink: Sink = handler._tornadose_sink
         last_event_id = handler._tornadose_last_event_id
         try:
             self._loop = asyncio.get_running_loop()
@@ -624,7 +625,7 @@ class TopicRegistry:
         frames = self._fanout.snapshot([t._state for t in topics], sink.format == FORMAT_WS)
         self._fanout.write_frames(sink, frames)
 
-    def _write_extra(self, sink: TopicSink, sse: bytes, ws: bytes | None) -> None:
+    def _write_extra(self, sink: Sink, sse: bytes, ws: bytes | None) -> None:
         self._fanout.write_extra(sink, sse, ws)
 
     # -- internals ----------------------------------------------------------------
