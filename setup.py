@@ -1,6 +1,6 @@
 """Build script: compiles the Cython speedups in ``_speedups/`` into the package.
 
-Each ``_speedups/<name>.pyx`` becomes the extension module ``tornadose.<name>``. When
+Each ``_speedups/<name>.pyx`` becomes the extension module ``tornadose.core.<name>``. When
 Cython or a C compiler is missing, the install still succeeds and the package runs on
 its pure-Python backend; the build says so clearly.
 """
@@ -51,7 +51,7 @@ def extensions() -> list:
     from setuptools import Extension
 
     modules = [
-        Extension("tornadose." + os.path.splitext(os.path.basename(src))[0], [src])
+        Extension("tornadose.core." + os.path.splitext(os.path.basename(src))[0], [src])
         for src in sources
     ]
     return cythonize(

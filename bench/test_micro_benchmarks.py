@@ -35,7 +35,7 @@ SUBSCRIBERS = 5000
 def impl(request):
     suffix = request.param
     try:
-        return {n: importlib.import_module(f"tornadose._{n}_{suffix}")
+        return {n: importlib.import_module(f"tornadose.core._{n}_{suffix}")
                 for n in ("frames", "ring", "fanout")}
     except ImportError as exc:
         pytest.skip(f"compiled backend not built: {exc}")

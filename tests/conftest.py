@@ -76,7 +76,7 @@ def impl(request: pytest.FixtureRequest) -> SimpleNamespace:
     suffix = request.param
     try:
         modules = {
-            name: importlib.import_module(f"tornadose._{name}_{suffix}")
+            name: importlib.import_module(f"tornadose.core._{name}_{suffix}")
             for name in ("frames", "ring", "fanout")
         }
     except ImportError as exc:

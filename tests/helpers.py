@@ -101,7 +101,7 @@ class LoopThread:
 
 def server_stream(handler: Any) -> Any:
     """The stream a subscriber's handler writes to on the server: its detached socket
-    (tornadose._rawstream), its WebSocket's, or its HTTP connection's IOStream."""
+    (tornadose.transport.rawstream), its WebSocket's, or its HTTP connection's IOStream."""
     raw = getattr(handler, "_raw", None)
     if raw is not None:
         return raw

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tornadose
-from tornadose import fanout, frames, ring
+from tornadose.core import fanout, frames, ring
 
 from .sseclient import SSEParser
 from .wsframes import Opcode, parse_frames
@@ -25,30 +25,30 @@ FORCED_PYTHON = os.environ.get("TORNADOSE_NO_EXTENSIONS", "") not in ("", "0")
 def test_compiled_backend_loaded():
     """A normal install must run compiled code: fail loudly if it silently did not."""
     assert tornadose.backend == "cython"
-    assert frames.build_frames.__module__ == "tornadose._frames_c"
-    assert ring.Ring.__module__ == "tornadose._ring_c"
-    assert fanout.FanoutCore.__module__ == "tornadose._fanout_c"
+    assert frames.build_frames.__module__ == "tornadose.core._frames_c"
+    assert ring.Ring.__module__ == "tornadose.core._ring_c"
+    assert fanout.FanoutCore.__module__ == "tornadose.core._fanout_c"
 
 
 def test_environment_variable_forces_python():
     env = {**os.environ, "TORNADOSE_NO_EXTENSIONS": "1"}
-    code = "import tornadose, tornadose.fanout as f; print(tornadose.backend, f.FanoutCore.__module__)"
+    code = "import tornadose, tornadose.core.fanout as f; print(tornadose.backend, f.FanoutCore.__module__)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.split() == ["python", "tornadose._fanout_py"], out.stderr
+    assert out.stdout.split() == ["python", "tornadose.core._fanout_py"], out.stderr
 
 
 def test_pickers_use_the_active_backend():
     suffix = "c" if tornadose.backend == "cython" else "py"
-    assert ring.Ring is importlib.import_module(f"tornadose._ring_{suffix}").Ring
-    assert fanout.Sink is importlib.import_module(f"tornadose._fanout_{suffix}").Sink
+    assert ring.Ring is importlib.import_module(f"tornadose.core._ring_{suffix}").Ring
+    assert fanout.Sink is importlib.import_module(f"tornadose.core._fanout_{suffix}").Sink
 
 
 def _both():
     try:
-        compiled = importlib.import_module("tornadose._frames_c")
+        compiled = importlib.import_module("tornadose.core._frames_c")
     except ImportError:
         pytest.skip("compiled backend not built")
-    return compiled, importlib.import_module("tornadose._frames_py")
+    return compiled, importlib.import_module("tornadose.core._frames_py")
 
 
 line_ends = st.sampled_from(["\n", "\r", "\r\n", "\r\r\n", "\n\r"])

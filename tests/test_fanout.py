@@ -15,7 +15,7 @@ import struct
 import pytest
 from tornado.iostream import IOStream
 
-from tornadose.topicfanout import FanoutPaths
+from tornadose.core.engine import FanoutPaths
 
 SSE, WS = 0, 1
 

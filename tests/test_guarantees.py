@@ -410,7 +410,7 @@ async def test_retry_hints_are_spread_within_the_jitter(serve, jitter):
 async def test_idle_streams_share_one_heartbeat_timer(serve):
     """A new subscriber adds no timer of its own to the loop: streams of the same
     interval share one wheel, whose timer stops when the last of them goes."""
-    from tornadose import _heartbeat
+    from tornadose.transport import heartbeat as _heartbeat
 
     store = QueueStore()
     port = await serve(routes(store, heartbeat_interval=0.04))

@@ -21,10 +21,11 @@ from tornadose.handlers import (
     TopicEventSource,
     TopicWebSocketSubscriber,
     WebSocketSubscriber,
-    _check_origins,
 )
 from tornadose.stores import QueueStore
 from tornadose.topics import TopicRegistry
+
+from tornadose.web.origins import _check_origins
 
 from .helpers import LoopThread, wait_until
 from .sseclient import RawSSEClient

@@ -164,14 +164,14 @@ def test_created_before_any_loop_and_bad_arguments():
 
 def test_importing_the_stores_does_not_import_redis():
     code = (
-        "import sys, tornadose.stores, tornadose._redis_streams; assert 'redis' not in sys.modules;"
+        "import sys, tornadose.stores, tornadose.redis.streams; assert 'redis' not in sys.modules;"
         "from tornadose.stores import RedisStreamStore"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
 
 
 def test_stream_ids_parse_strictly():
-    from tornadose._redis_streams import format_stream_id, parse_stream_id
+    from tornadose.redis.streams import format_stream_id, parse_stream_id
 
     assert parse_stream_id("1718000000000-5") == 1718000000000 << 64 | 5
     assert format_stream_id(parse_stream_id("1718000000000-5")) == b"1718000000000-5"
@@ -221,7 +221,7 @@ def info(first=None, last="9-0", added=None, length=None) -> dict:
     ],
 )
 def test_history_problems(reply, after, expected):
-    from tornadose._redis_streams import _history_problem
+    from tornadose.redis.ids import history_problem as _history_problem
 
     assert _history_problem(reply, after) == expected
 

@@ -115,7 +115,7 @@ async def test_listen_serves_with_a_large_backlog():
         client.close_fin()
         with open("/proc/sys/net/core/somaxconn") as f:
             somaxconn = int(f.read())
-        assert listen_backlog(port) == min(tornadose.server.DEFAULT_BACKLOG, somaxconn)
+        assert listen_backlog(port) == min(tornadose.transport.server.DEFAULT_BACKLOG, somaxconn)
         plain_port = next(iter(plain._sockets.values())).getsockname()[1]
         assert listen_backlog(plain_port) == min(128, somaxconn)
     finally:

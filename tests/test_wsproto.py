@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.frames import Close, Frame, Opcode
 
-from tornadose._wsproto import (
+from tornadose.transport.wsproto import (
     BINARY,
     CLOSE,
     PING,

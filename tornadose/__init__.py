@@ -3,12 +3,11 @@
 ``tornadose.backend`` says which implementation of the hot paths is active:
 ``"cython"`` (compiled speedups) or ``"python"`` (the pure-Python twin).
 ``tornadose.listen(app, port)`` serves an application the way a high-fan-out server
-should (see :mod:`tornadose.server`).
+should (see :mod:`tornadose.transport.server`).
 """
 
-from ._backend import BACKEND as backend
-from .server import listen, make_server
-
-__version__ = "1.0.0.dev0"
+from ._version import __version__
+from .core.backend import BACKEND as backend
+from .transport.server import listen, make_server
 
 __all__ = ["__version__", "backend", "listen", "make_server"]

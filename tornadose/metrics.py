@@ -61,7 +61,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from tornado.web import RequestHandler
 
-from . import _instruments
+from .core import instruments as _instruments
 
 __all__ = ["DISCONNECT_REASONS", "MetricsHandler", "TornadoseCollector", "install"]
 
@@ -125,7 +125,8 @@ class TornadoseCollector(Collector):
 
     @staticmethod
     def _families() -> dict[str, Metric]:
-        from . import __version__, backend
+        from ._version import __version__
+        from .core.backend import BACKEND as backend
 
         info = InfoMetricFamily("tornadose", "tornadose: the fan-out backend and version.")
         info.add_metric([], {"backend": backend, "version": __version__})

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         check_redis(args)
     from tornado.netutil import bind_sockets
 
-    from ..server import DEFAULT_BACKLOG
+    from ..transport.server import DEFAULT_BACKLOG
 
     try:
         sockets = bind_sockets(args.port, args.address, backlog=DEFAULT_BACKLOG)
@@ -203,7 +203,7 @@ async def _exit_with(parent: int, stop: asyncio.Event) -> None:
 
 def serve(args: argparse.Namespace, sockets: list[socket.socket], feed: bool = True) -> Any:
     async def serving(stop: asyncio.Event) -> None:
-        from ..server import make_server
+        from .. import make_server
 
         demo = Demo(
             make_symbols(args.symbols),

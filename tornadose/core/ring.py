@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._backend import BACKEND
+from .backend import BACKEND
 
 if TYPE_CHECKING or BACKEND == "python":
     from ._ring_py import SSE, WS, Ring, TopicRing, TopicState

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._backend import BACKEND
+from .backend import BACKEND
 
 if TYPE_CHECKING or BACKEND == "python":
     from ._frames_py import build_frames, encode_message, sse_event, ws_data_body, ws_text_frame

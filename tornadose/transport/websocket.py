@@ -29,8 +29,8 @@ from typing import Any
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketProtocol13
 
-from ._rawstream import RawStream, take_over
-from ._wsproto import CLOSE, PING, PONG, FrameReader, ProtocolError, close_frame, control_frame
+from .rawstream import RawStream, take_over
+from .wsproto import CLOSE, PING, PONG, FrameReader, ProtocolError, close_frame, control_frame
 
 __all__ = ["CLOSE_TIMEOUT", "Handshake", "WebSocketStream"]
 

@@ -7,23 +7,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._backend import BACKEND
+from .backend import BACKEND
 
 if TYPE_CHECKING or BACKEND == "python":
     from ._fanout_py import (
         FORMAT_SSE,
         FORMAT_SSE_CHUNKED,
         FORMAT_WS,
-        Sink,
         FanoutCore,
+        Sink,
     )
 else:
     from ._fanout_c import (
         FORMAT_SSE,
         FORMAT_SSE_CHUNKED,
         FORMAT_WS,
-        Sink,
         FanoutCore,
+        Sink,
     )
 
 __all__ = [

@@ -7,7 +7,7 @@ so a client may reconnect to any process, on any machine, and resume from its
 ``Last-Event-ID``: from the local ring when it still holds what followed, from the stream
 itself (``XRANGE``) when only Redis does, with a ``tornadose-gap`` notice when neither
 does. Connection handling, backoff and the publishing queue are shared with
-:class:`~tornadose.stores.RedisStore` (:mod:`tornadose._redis`).
+:class:`~tornadose.stores.RedisStore` (:mod:`tornadose.redis.client`).
 
 How the pieces fit:
 
@@ -46,18 +46,22 @@ from typing import Any
 
 from tornado.iostream import StreamClosedError
 
-from ._redis import _check_cancelled, _Publication, _RedisBase
-from .fanout import FORMAT_WS, Sink
-from .frames import build_frames
-from .stores import _ECHO_LIMIT, GAP_EVENT
+from ..core.fanout import FORMAT_WS, Sink
+from ..core.frames import build_frames
+from ..pubsub.store import _ECHO_LIMIT, GAP_EVENT
+from .client import _check_cancelled, _Publication, _RedisBase
+from .ids import FIELD as _FIELD
+from .ids import GAP as _GAP
+from .ids import entries_of as _entries
+from .ids import format_stream_id, parse_stream_id
+from .ids import history_problem as _history_problem
+from .ids import key_of as _key
+from .topics import stream_log_class
 
 __all__ = ["RedisStreamStore", "format_stream_id", "parse_stream_id"]
 
 logger = logging.getLogger("tornadose.redis")
 
-_GAP = GAP_EVENT.encode()
-_FIELD = b"data"
-_MASK = (1 << 64) - 1
 DEFAULT_MAXLEN = 100_000
 
 
@@ -87,76 +91,6 @@ else:  # pragma: no cover - Python < 3.11
             raise
         finally:
             handle.cancel()
-
-
-def parse_stream_id(text: str) -> int | None:
-    """Return a stream id ``"<ms>-<seq>"`` as one comparable integer, or ``None`` when
-    ``text`` is not exactly that (two ASCII decimal numbers below 2**64)."""
-    ms, dash, seq = text.partition("-")
-    if not (dash and ms.isascii() and ms.isdigit() and seq.isascii() and seq.isdigit()):
-        return None
-    if len(ms) > 20 or len(seq) > 20:
-        return None
-    ms_value, seq_value = int(ms), int(seq)
-    if ms_value > _MASK or seq_value > _MASK:
-        return None
-    return ms_value << 64 | seq_value
-
-
-def format_stream_id(key: int) -> bytes:
-    """The stream id of an integer from :func:`parse_stream_id`."""
-    return b"%d-%d" % (key >> 64, key & _MASK)
-
-
-def _key(raw: bytes) -> int:
-    # An id as Redis sends it: trusted to be well-formed.
-    ms, _, seq = raw.partition(b"-")
-    return int(ms) << 64 | int(seq or 0)
-
-
-def _entries(reply: Any) -> list[tuple[bytes, Any]]:
-    """The entries of one stream in an XREAD reply (RESP2 list or RESP3 dict)."""
-    if not reply:
-        return []
-    if isinstance(reply, dict):
-        (value,) = reply.values()
-        return value[0] if value and isinstance(value[0], list) else value
-    return reply[0][1]
-
-
-def _history_problem(info: dict[str, Any] | None, after: int, upto: int = 0) -> str | None:
-    """Whether entries newer than ``after`` are missing from the stream, judged from its
-    ``XINFO STREAM`` (``None`` for a stream that does not exist): ``None`` when nothing
-    after ``after`` was lost, ``"expired"`` when the stream was trimmed past ``after``,
-    ``"restarted"`` when the stream is not the one ``after`` came from (Redis restarted
-    without persistence, or the key was deleted and created again). ``upto``: the
-    newest id the caller knows the stream had.
-
-    Trimming removes the oldest entries first, so while ``after`` (or anything older)
-    is still in the stream, nothing newer was trimmed. ``XDEL`` of single entries is
-    not a gap: whoever deletes an entry means it.
-    """
-    if info is None:
-        return "restarted" if max(after, upto) > 0 else None
-    last = _key(info["last-generated-id"])
-    if last < after:
-        return "restarted"  # ids went backwards: a new stream
-    first = info.get("first-entry")
-    first_key = _key(first[0]) if first and first[0] is not None else None
-    if first_key is not None and first_key <= after:
-        return None
-    if first_key is None and last <= after:
-        return None  # nothing was ever added after `after`
-    # `after` is gone and newer entries existed. Were entries removed from this stream
-    # (Redis >= 7 counts every entry ever added)?
-    added, length = info.get("entries-added"), info.get("length")
-    if added is not None and length is not None and added == length:
-        # Nothing was ever removed, yet the stream starts after `after`: it began after
-        # `after` was read, unless `after` is the very beginning.
-        return None if after == 0 else "restarted"
-    if after == 0 and added is None:
-        return None  # Redis < 7 cannot tell; the beginning is the best guess
-    return "expired"
 
 
 class RedisStreamStore(_RedisBase):
@@ -211,6 +145,12 @@ class RedisStreamStore(_RedisBase):
     read_count: int = 1000
     #: Seconds one blocking XREAD waits for news before asking again.
     read_block: float = 2.0
+
+    @classmethod
+    def _topic_log(cls, registry: Any, **kwargs: Any) -> Any:
+        """Hook of :class:`~tornadose.topics.TopicRegistry`: the log of a registry
+        backed by this class (``TopicRegistry(RedisStreamStore, ...)``)."""
+        return stream_log_class(cls)(registry, **kwargs)
 
     def initialize(
         self, stream: str = "tornadose", maxlen: int | None = DEFAULT_MAXLEN, **redis_kwargs: Any

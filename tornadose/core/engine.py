@@ -22,7 +22,7 @@ from typing import Any
 
 from tornado.iostream import StreamClosedError
 
-from ._drain import drained, timed_out, wait_for_drain
+from .drain import drained, timed_out, wait_for_drain
 from .fanout import FORMAT_SSE_CHUNKED, FORMAT_WS, FanoutCore, Sink
 from .ring import SSE, WS, TopicState
 

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._redis_streams import _FIELD, _GAP, RedisStreamStore
-from .fanout import FORMAT_WS
-from .frames import build_frames
-from .ring import TopicState
+from ..core.fanout import FORMAT_WS
+from ..core.frames import build_frames
+from ..core.ring import TopicState
+from .ids import FIELD as _FIELD
+from .ids import GAP as _GAP
 
 if TYPE_CHECKING:
-    from .fanout import Sink
-    from .topics import TopicRegistry
+    from ..core.fanout import Sink
+    from ..pubsub.registry import TopicRegistry
 
 __all__ = ["TOPIC_FIELD", "stream_log_class"]
 
@@ -135,7 +136,7 @@ class _TopicStreamLog:
 _classes: dict[type, type] = {}
 
 
-def stream_log_class(store_class: type[RedisStreamStore]) -> type:
+def stream_log_class(store_class: type) -> type:
     """The log class of a registry backed by ``store_class`` (RedisStreamStore or a
     subclass of it)."""
     cls = _classes.get(store_class)
