@@ -9,6 +9,7 @@ reserved.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 __all__ = [
     "DEFAULT_MAX_TOPICS",
@@ -19,6 +20,7 @@ __all__ = [
     "TopicNameError",
     "UnknownTopicError",
     "check_topic_name",
+    "parse_topics",
 ]
 
 DEFAULT_MAX_TOPICS = 10_000
@@ -72,3 +74,24 @@ def check_topic_name(name: str) -> str:
             f"with {_RESERVED_PREFIX!r} are reserved"
         )
     return name
+
+
+def parse_topics(specs: Iterable[str], limit: int, allow_empty: bool = False) -> list[str]:
+    """Topic names from URL pieces, each a comma-separated list: in order, without
+    duplicates or empty pieces. Raises :class:`TopicError` when there are none (unless
+    ``allow_empty``), :class:`TopicLimitError` for more than ``limit``,
+    :class:`TopicNameError` for a bad name."""
+    names: dict[str, None] = {}
+    for spec in specs:
+        for name in spec.split(","):
+            if name and name not in names:
+                names[name] = None
+                if len(names) > limit:
+                    raise TopicLimitError(f"too many topics: at most {limit} per subscriber")
+    if not names and not allow_empty:
+        raise TopicError(
+            "no topic requested: name one or several topics in the path or as ?topics=NAME,NAME"
+        )
+    for name in names:
+        check_topic_name(name)
+    return list(names)

@@ -48,11 +48,11 @@ from ..core.ring import TopicRing, TopicState
 from .names import (
     DEFAULT_MAX_TOPICS,
     DEFAULT_MAX_TOPICS_PER_SUBSCRIBER,
-    TopicError,
     TopicLimitError,
     UnknownTopicError,
     check_topic_name,
     echo,
+    parse_topics,
 )
 from .store import (
     _GAP_EVENT,
@@ -399,21 +399,7 @@ class TopicRegistry:
         :class:`TopicLimitError` for more than ``max_topics_per_subscriber``,
         :class:`TopicNameError` for a bad name.
         """
-        names: dict[str, None] = {}
-        limit = self.max_topics_per_subscriber
-        for spec in specs:
-            for name in spec.split(","):
-                if name and name not in names:
-                    names[name] = None
-                    if len(names) > limit:
-                        raise TopicLimitError(f"too many topics: at most {limit} per subscriber")
-        if not names and not allow_empty:
-            raise TopicError(
-                "no topic requested: name one or several topics in the path or as ?topics=NAME,NAME"
-            )
-        for name in names:
-            check_topic_name(name)
-        return list(names)
+        return parse_topics(specs, self.max_topics_per_subscriber, allow_empty)
 
     def acquire(self, names: list[str]) -> list[Topic]:
         """The topics ``names`` (valid, as :meth:`parse` returns them) for one
