@@ -92,8 +92,8 @@ def _contender_command(name, transport):
             if not Path(info["tornadose_file"]).resolve().is_relative_to(origin):
                 raise BenchError(f"{name}: tornadose imported from {info['tornadose_file']}")
             if info["backend"] != name:
-                raise BenchError(f"{name}: tornadose.backend is {info['backend']!r} "
-                                 "(compiled backend not built?)")
+                why = info.get("backend_reason") or "compiled backend not built?"
+                raise BenchError(f"{name}: tornadose.backend is {info['backend']!r} ({why})")
 
     elif name in ("floor", "floor-msg"):
         mode = "coalesced" if name == "floor" else "per-message"

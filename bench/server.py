@@ -92,6 +92,7 @@ def provenance() -> dict:
         "tornadose": version,
         "tornadose_file": tornadose.__file__,
         "backend": getattr(tornadose, "backend", None),
+        "backend_reason": _backend_reason(),
         "tornado": tornado.version,
         "python": sys.executable,
         "pid": os.getpid(),
@@ -296,3 +297,12 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _backend_reason():
+    # Why the pure-Python backend serves, from versions that say (None otherwise).
+    try:
+        from tornadose.core.backend import REASON
+    except ImportError:
+        return None
+    return REASON

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -109,3 +110,25 @@ def test_bytes_messages_agree_on_result_or_error(data):
         except ValueError as exc:
             results.append(("ValueError", str(exc)))
     assert results[0] == results[1]
+
+
+def test_the_pure_python_backend_says_why():
+    """When Python serves, ``REASON`` says why: forced here; the demo's banner and
+    ``/stats`` show it."""
+    code = "from tornadose.core.backend import BACKEND, REASON; print(BACKEND, '|', REASON)"
+    env = dict(os.environ, TORNADOSE_NO_EXTENSIONS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "python | TORNADOSE_NO_EXTENSIONS is set", out.stderr
+
+
+@pytest.mark.skipif(FORCED_PYTHON, reason="TORNADOSE_NO_EXTENSIONS forces pure Python")
+def test_the_demo_command_runs_the_installed_package_on_the_compiled_backend(tmp_path):
+    """The README's first command: ``tornadose-demo``, a console script, imports the
+    installed package wherever it is started (here from the source tree's parent)."""
+    script = Path(sys.executable).with_name("tornadose-demo")
+    assert script.exists(), "the tornadose-demo console script is not installed"
+    code = "from tornadose.core.backend import BACKEND, REASON; print(BACKEND, REASON)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert out.stdout.split()[:2] == ["cython", "None"], out.stderr
+    help_out = subprocess.run([str(script), "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert help_out.returncode == 0 and "--symbols" in help_out.stdout, help_out.stderr

@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from .. import backend
+from ..core.backend import REASON
 from .app import CHANNEL, Demo, trades_registry
 from .feed import MarketFeed, make_symbols
 
@@ -145,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         f"tornadose demo ({backend} backend, {how}{args.symbols} symbols, "
         f"{args.rate:g} ticks/s{via}): http://{args.address}:{port}/"
     )
+    if REASON is not None:
+        args.banner += f"\n  pure-Python backend: {REASON}"
     try:
         if args.processes == 1:
             run(serve(args, sockets))

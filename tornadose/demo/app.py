@@ -27,6 +27,7 @@ from tornado.ioloop import PeriodicCallback
 from tornado.web import Application, HTTPError, RequestHandler, StaticFileHandler
 
 from .. import backend
+from ..core.backend import REASON
 from ..handlers import EventSource, TopicEventSource, TopicWebSocketSubscriber, WebSocketSubscriber
 from ..stores import DataStore, QueueStore
 from ..topics import TopicRegistry
@@ -191,6 +192,7 @@ class Demo:
         parts = {"ticks": self.ticks.stats(), "latest": self.latest.stats(), **self._topic_stats}
         return {
             "backend": backend,
+            "backend_reason": REASON,
             "pid": os.getpid(),
             "processes": self.processes,
             "redis": self.redis is not None,
