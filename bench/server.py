@@ -76,6 +76,15 @@ def raise_nofile_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _backend_reason():
+    # Why the pure-Python backend serves, from versions that say (None otherwise).
+    try:
+        from tornadose.core.backend import REASON
+    except ImportError:
+        return None
+    return REASON
+
+
 def provenance() -> dict:
     """Which tornadose and tornado this process imported."""
     version = getattr(tornadose, "__version__", None)
@@ -297,12 +306,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def _backend_reason():
-    # Why the pure-Python backend serves, from versions that say (None otherwise).
-    try:
-        from tornadose.core.backend import REASON
-    except ImportError:
-        return None
-    return REASON
