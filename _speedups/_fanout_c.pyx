@@ -1,5 +1,5 @@
 # cython: language_level=3, embedsignature=True
-"""The fan-out's hot part, compiled backend: the twin of ``tornadose/_fanout_py.py``.
+"""The fan-out's hot part, compiled backend: the twin of ``tornadose/core/_fanout_py.py``.
 
 Same semantics: one flush pass over the entries appended since the last one, one write
 per connection per flush, the turn's frames joined once per wire format when every new
@@ -40,7 +40,7 @@ cdef enum:
 cdef class Sink:
     """One fast-path connection: its stream, its topics, and where it stands.
 
-    The twin of ``Sink`` in ``tornadose/_fanout_py.py``: a *live* sink has received
+    The twin of ``Sink`` in ``tornadose/core/_fanout_py.py``: a *live* sink has received
     every entry of its topics before the fan-out's ``flushed`` mark; one that is not
     live has everything of its topics before ``cursor`` and is caught up when its stream
     drains. ``deliver``, when given, replaces raw writes (called with the list of
@@ -92,7 +92,7 @@ cdef class Sink:
         # a plain TCP IOStream whose internals are the ones this code knows. TLS streams
         # (a subclass) keep their own state, so they and anything else take the IOStream path.
         if getattr(type(stream), "tornadose_raw", False) and stream.socket is not None:
-            # A detached stream (tornadose._rawstream): its own _size counts what it queued.
+            # A detached stream (tornadose.transport.rawstream): its own _size counts what it queued.
             self.sock = stream.socket
             self.fd = self.sock.fileno()
             self.wbuf = stream
@@ -183,8 +183,8 @@ cdef bytes _join_frames(list frames, bint chunked):
 
 cdef class FanoutCore:
     """The hot part of the fan-out over one ``TopicRing``: the twin of ``FanoutCore`` in
-    ``tornadose/_fanout_py.py``. The paths that are not hot are
-    :class:`tornadose.topicfanout.Fanout`'s, for both backends.
+    ``tornadose/core/_fanout_py.py``. The paths that are not hot are
+    :class:`tornadose.core.engine.Fanout`'s, for both backends.
     """
 
     # The ring is touched once per entry of a flush (its topic and frames) or once per
@@ -400,7 +400,7 @@ cdef class FanoutCore:
             return
         stream.write(data)
 
-    # Paths that are not hot, defined once for both backends by topicfanout.Fanout.
+    # Paths that are not hot, defined once for both backends by core.engine.Fanout.
     def _overrun(self, long long start):
         raise NotImplementedError
 

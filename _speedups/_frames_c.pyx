@@ -1,5 +1,5 @@
 # cython: language_level=3, embedsignature=True
-"""Frame building, compiled backend: the twin of ``tornadose/_frames_py.py``.
+"""Frame building, compiled backend: the twin of ``tornadose/core/_frames_py.py``.
 
 Same functions, same errors, byte-identical output; each frame is built with a single
 allocation and memcpy instead of several concatenations.

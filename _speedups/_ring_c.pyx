@@ -1,5 +1,5 @@
 # cython: language_level=3, embedsignature=True
-"""The ring, compiled backend: the twin of ``tornadose/_ring_py.py``.
+"""The ring, compiled backend: the twin of ``tornadose/core/_ring_py.py``.
 
 A store's bounded history of pre-built frames. Entries ``tail .. head-1`` are retained;
 the oldest are evicted when a new entry would exceed ``capacity`` entries or

@@ -20,12 +20,15 @@ from tornado.iostream import IOStream
 from tornadose.core.engine import FanoutPaths
 
 
+NAMES = ("frames", "ring", "fanout")
+
+
 def _backends():
     try:
-        c = [importlib.import_module(f"tornadose.core._{n}_c") for n in ("frames", "ring", "fanout")]
+        c = [importlib.import_module(f"tornadose.core._{n}_c") for n in NAMES]
     except ImportError:
         pytest.skip("compiled backend not built")
-    py = [importlib.import_module(f"tornadose.core._{n}_py") for n in ("frames", "ring", "fanout")]
+    py = [importlib.import_module(f"tornadose.core._{n}_py") for n in NAMES]
     return {"c": c, "py": py}
 
 

@@ -11,7 +11,7 @@ of that topic. Writes go straight to the socket where that is provably the same 
 not take is queued on the stream, and the connection waits, not live, until it drains.
 
 The paths that are not hot (joining, leaving, catching up, dropping) are written once,
-for both backends, in :mod:`tornadose.topicfanout`.
+for both backends, in :mod:`tornadose.core.engine`.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def _send(sink: Sink, data: bytes) -> int:
 
 
 class FanoutCore:
-    """The hot part of the fan-out over one :class:`~tornadose.ring.TopicRing`.
+    """The hot part of the fan-out over one :class:`~tornadose.core.ring.TopicRing`.
 
     ``conflate`` makes every topic a latest-value topic, otherwise every topic is a
     queue topic; ``write_timeout`` (seconds, 0: never) drops a connection whose socket
@@ -305,7 +305,7 @@ class FanoutCore:
             return
         stream.write(data)
 
-    # Paths that are not hot, defined once for both backends by topicfanout.Fanout.
+    # Paths that are not hot, defined once for both backends by core.engine.Fanout.
     def _overrun(self, start: int) -> None:
         raise NotImplementedError
 

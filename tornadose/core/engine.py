@@ -302,7 +302,7 @@ class FanoutPaths:
 
 
 class Fanout(FanoutPaths, FanoutCore):
-    """The connections of one :class:`~tornadose.ring.TopicRing` and how they are
+    """The connections of one :class:`~tornadose.core.ring.TopicRing` and how they are
     written: the backend's flush pass with the paths above."""
 
     __slots__ = ()

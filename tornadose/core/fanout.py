@@ -1,6 +1,6 @@
 """The fan-out's hot part (flush pass, writes), from the backend chosen at import time.
 
-The implementation comes from the backend chosen in :mod:`tornadose._backend`.
+The implementation comes from the backend chosen in :mod:`tornadose.core.backend`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Message to wire bytes: SSE events and WebSocket text frames, built once per message.
 
-The implementation comes from the backend chosen in :mod:`tornadose._backend`.
+The implementation comes from the backend chosen in :mod:`tornadose.core.backend`.
 """
 
 from __future__ import annotations

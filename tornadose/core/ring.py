@@ -1,6 +1,6 @@
 """A store's bounded history of pre-built frames, with sequence numbers.
 
-The implementation comes from the backend chosen in :mod:`tornadose._backend`.
+The implementation comes from the backend chosen in :mod:`tornadose.core.backend`.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ class Demo:
 
     Without ``redis`` the feed runs here (when ``feed`` is true) and its ticks go
     straight into the stores. With ``redis`` (keyword arguments for
-    :class:`~tornadose._redis.RedisStore`) the ticks travel through a Redis channel:
+    :class:`~tornadose.redis.pubsub.RedisStore`) the ticks travel through a Redis channel:
     ``/ticks`` serves that channel's store directly, and each tick that arrives is
     passed on to the latest-value stores, so that any number of processes serve the same
     feed. The trades topics then read a Redis stream that the feed also writes to: their

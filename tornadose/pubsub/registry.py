@@ -1,7 +1,7 @@
 """Topics: many named streams on one connection, as views of ONE log.
 
 A market feed is many symbols, and each client watches a handful. A
-:class:`TopicRegistry` keeps one bounded log (a :class:`~tornadose.ring.TopicRing`) of
+:class:`TopicRegistry` keeps one bounded log (a :class:`~tornadose.core.ring.TopicRing`) of
 pre-built frames for all its topics, in submit order, under one sequence and one id
 space (``<epoch>-<seq>``). Every frame says which topic it belongs to: SSE
 ``event: <topic>``, WebSocket ``{"id": ..., "event": "<topic>", "data": ...}``.
@@ -115,7 +115,9 @@ class TopicRegistry:
             )
         # A store class whose log lives elsewhere (RedisStreamStore: a Redis stream)
         # says how to build it; the registry knows no adapter by name.
-        make_log = getattr(store_class, "_topic_log", None) if isinstance(store_class, type) else None
+        make_log = getattr(store_class, "_topic_log", None)
+        if not isinstance(store_class, type):
+            make_log = None
         streamed = make_log is not None
         if "event" in store_kwargs:
             raise TypeError("a topic's event is its topic name; do not pass event=")

@@ -1,8 +1,10 @@
 """Data stores: where messages are submitted and from where they reach subscribers.
 
-Re-exported by :mod:`tornadose.stores`, API-compatible with the original one. :class:`DataStore` and
-:class:`QueueStore` serialize each message once into ready-to-write frames, keep them in
-a bounded ring and fan them out with one write per subscriber per event-loop iteration.
+Re-exported by :mod:`tornadose.stores`, API-compatible with the original one.
+:class:`DataStore` and :class:`QueueStore` serialize each message once into
+ready-to-write frames, keep them in the log as its one topic, and deliver them through
+the same engine as a topic registry (:mod:`tornadose.core.engine`): one write per
+subscriber per event-loop iteration.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ class BaseStore:
 
 def _queued_bytes(stream: Any) -> int:
     """Bytes a subscriber's connection holds that its socket has not taken yet: a
-    detached stream's (``tornadose._rawstream``) or an ``IOStream``'s write buffer."""
+    detached stream's (``tornadose.transport.rawstream``) or an ``IOStream``'s write buffer."""
     if getattr(stream, "tornadose_raw", False):
         return stream._size  # type: ignore[no-any-return]
     queued = getattr(stream, "_write_buffer", None)

@@ -2,7 +2,7 @@
 
 Publishing a message of topic ``T`` is ``XADD <stream> MAXLEN ~ <maxlen> * topic T data
 <message>``; every process reads the stream with ``XREAD`` into its registry's one
-:class:`~tornadose.ring.TopicRing`, and fans out from there as a local registry does.
+:class:`~tornadose.core.ring.TopicRing`, and fans out from there as a local registry does.
 Event ids are the stream ids, the same in every process, so a client that reconnects to
 ANY process resumes every topic of its connection exactly with the one id it kept: from
 the local log when it still holds what followed, from the stream itself (``XRANGE``,

@@ -10,7 +10,7 @@ that keeps only that.
 
 :class:`RawStream` offers the part of ``IOStream``'s interface the fan-out uses
 (``socket``, ``io_loop``, ``closed()``, ``writing()``, ``write()``, ``close()``,
-``set_close_callback()``), so a :class:`~tornadose.fanout.Sink` writes to it as to an
+``set_close_callback()``), so a :class:`~tornadose.core.fanout.Sink` writes to it as to an
 ``IOStream``: straight to the socket when nothing is queued, the rest queued here in
 order and written as the socket drains. Incoming bytes go to :meth:`RawStream._received`
 (discarded: an SSE client has nothing to say; the WebSocket subclass parses them). The

@@ -73,7 +73,7 @@ def make_server(app: Application, **server_kwargs: Any) -> HTTPServer:
 
 class _Server(HTTPServer):
     """Tornado's HTTPServer with the accept loop of this module, which also ends the
-    streams its handlers detached (see ``tornadose._rawstream``) in
+    streams its handlers detached (see ``tornadose.transport.rawstream``) in
     :meth:`close_all_connections`: Tornado no longer knows them."""
 
     def initialize(self, *args: Any, **kwargs: Any) -> None:

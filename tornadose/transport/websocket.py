@@ -8,7 +8,7 @@ already checked the request: method, ``Upgrade``, ``Connection``, origin, versio
 then moves the socket to a :class:`WebSocketStream`, calls the handler's ``open()``
 and returns: no task waits per connection.
 
-:class:`WebSocketStream` reads with a :class:`~tornadose._wsproto.FrameReader` when the
+:class:`WebSocketStream` reads with a :class:`~tornadose.transport.wsproto.FrameReader` when the
 socket is readable and answers as RFC 6455 asks: a ping with a pong, a close with a
 close (echoing its code) before closing the socket, a protocol error with the close code
 it calls for (1002, 1007, 1009). Messages go to the handler's ``on_message`` in order

@@ -170,7 +170,7 @@ class WebSocketSubscriber(BaseHandler, WebSocketHandler):
 
     def _start_pinging(self) -> None:
         """``websocket_ping_interval`` on a detached socket: the loop's wheel visits it
-        once per interval (see :mod:`tornadose._heartbeat`)."""
+        once per interval (see :mod:`tornadose.transport.heartbeat`)."""
         interval = self.ping_interval
         if interval:
             self._ping_wheel = _heartbeat.wheel(interval)
