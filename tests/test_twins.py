@@ -19,7 +19,6 @@ from tornado.iostream import IOStream
 
 from tornadose.core.engine import FanoutPaths
 
-
 NAMES = ("frames", "ring", "fanout")
 
 
