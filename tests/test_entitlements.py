@@ -26,8 +26,9 @@ from tornadose.topics import TopicRegistry
 from .helpers import wait_until
 from .sseclient import RawSSEClient
 
-# Tornado's access log records every 4xx at WARNING: refusals are what these tests do.
-# Anything else at WARNING or above still fails them (quiet_but_access below).
+# Tornado's access log records every 4xx at WARNING: refusals are what these tests do;
+# refusals of ours are summarized per cause (tornadose.refusals). Anything else at
+# WARNING or above still fails them (quiet_but_access below).
 pytestmark = pytest.mark.allow_log_errors
 
 
@@ -36,7 +37,8 @@ def quiet_but_access(caplog: pytest.LogCaptureFixture):
     yield
     bad = [f"{r.name} {r.levelname}: {r.getMessage()}"
            for when in ("setup", "call", "teardown") for r in caplog.get_records(when)
-           if r.levelno >= logging.WARNING and r.name != "tornado.access"]
+           if r.levelno >= logging.WARNING
+           and r.name not in ("tornado.access", "tornadose.refusals")]
     assert not bad, bad
 
 
@@ -287,9 +289,10 @@ async def test_disconnect_ends_exactly_the_matching_connections(serve):
     bob_feed.close_fin()
 
 
-async def test_subscribe_requests_are_rate_limited(serve):
+async def test_subscribe_requests_are_rate_limited(serve, caplog):
     """A client flooding subscribe requests gets a clear refusal past the limit (a
-    burst of tornadose_ws_requests_per_second), keeps its connection and topics."""
+    burst of tornadose_ws_requests_per_second), keeps its connection and topics; the
+    log gets one record for the cause, not one per refused request."""
     registry = TopicRegistry(QueueStore)
     port = await serve(_routes(QueueStore(), registry), tornadose_ws_requests_per_second=5)
     ws = await _ws(port, "/feed/ws/A", "t-bob")
@@ -306,4 +309,7 @@ async def test_subscribe_requests_are_rate_limited(serve):
     assert await _ws_read(ws) == {"event": "tornadose-subscribed", "data": {"topics": ["A"]}}
     registry.submit("A", "still here")
     assert (await _ws_read(ws))["data"] == "still here"
+    records = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.name for r in records] == ["tornadose.refusals"], records
+    assert "request rate" in records[0].getMessage()
     ws.close()

@@ -13,6 +13,8 @@ per concern.
 
 from __future__ import annotations
 
+from .transport.http import access_log_without
+
 # Every name the original module (and earlier versions of this one) had.
 from .web.admission import DEFAULT_FD_HEADROOM  # noqa: F401
 from .web.base import DEFAULT_OUTBOX_LIMIT, BaseHandler  # noqa: F401
@@ -33,6 +35,7 @@ from .web.websocket import DEFAULT_WS_MAX_INCOMING, WebSocketSubscriber  # noqa:
 
 __all__ = [
     "BaseHandler",
+    "access_log_without",
     "EventSource",
     "TopicEventSource",
     "TopicWebSocketSubscriber",

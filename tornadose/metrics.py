@@ -32,7 +32,12 @@ Series (``name`` label on all but ``tornadose_info``):
                                                 (``close()``/``remove()``)
 ``tornadose_resumes_total``            counter  Last-Event-ID resumptions by ``outcome``:
                                                 ``exact``, or ``gap`` (a gap notice)
-``tornadose_rejected_total``           counter  refused at ``max_subscribers``
+``tornadose_rejected_total``           counter  refused at ``max_subscribers`` (or by the
+                                                handler, within the descriptor headroom)
+``tornadose_refused_total``            counter  refusals of the process by ``cause``
+                                                (``open-files headroom``, also those shed
+                                                at accept; ``max_subscribers``;
+                                                ``request rate``); no ``name`` label
 ``tornadose_retained_messages``        gauge    messages in the history now
 ``tornadose_retained_bytes``           gauge    bytes of frames in the history now
 ``tornadose_max_lag_messages``         gauge    messages the furthest-behind subscriber
@@ -62,6 +67,7 @@ from prometheus_client.registry import Collector
 from tornado.web import RequestHandler
 
 from .core import instruments as _instruments
+from .transport import refusals
 
 __all__ = ["DISCONNECT_REASONS", "MetricsHandler", "TornadoseCollector", "install"]
 
@@ -121,6 +127,8 @@ class TornadoseCollector(Collector):
                     cumulative += count
                     buckets.append((bound, cumulative))
                 families["fanout"].add_metric(labels, buckets, times.sum)
+        for cause, count in refusals.counts().items():
+            families["refused"].add_metric([cause], count)
         yield from families.values()
 
     @staticmethod
@@ -153,6 +161,8 @@ class TornadoseCollector(Collector):
             "rejected": CounterMetricFamily(
                 "tornadose_rejected", "Subscribers refused at max_subscribers.",
                 labels=["name"]),
+            "refused": CounterMetricFamily(
+                "tornadose_refused", "Refusals of this process, by cause.", labels=["cause"]),
             "retained": GaugeMetricFamily(
                 "tornadose_retained_messages", "Messages in the history now.", labels=["name"]),
             "retained_bytes": GaugeMetricFamily(

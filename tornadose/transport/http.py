@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any, Callable
 
 import tornado
 from tornado import httputil
 from tornado.log import access_log
 from tornado.web import Application
 
-__all__ = ["default_headers", "http_date", "logs_success"]
+__all__ = ["access_log_without", "default_headers", "http_date", "logs_success"]
 
 _SERVER = f"TornadoServer/{tornado.version}"
 
@@ -59,3 +60,26 @@ def logs_success(application: Application) -> bool:
         or type(application).log_request is not Application.log_request
         or access_log.isEnabledFor(logging.INFO)
     )
+
+
+def access_log_without(*statuses: int) -> Callable[[Any], None]:
+    """A ``log_function`` for the Application settings: Tornado's own access log (the
+    same records, levels and format) less the requests answered with one of
+    ``statuses``, e.g. ``access_log_without(401, 403)`` to keep entitlement refusals out
+    of the log while every other request is logged as before."""
+    skip = frozenset(statuses)
+
+    def log_function(handler: Any) -> None:
+        status = handler.get_status()
+        if status in skip:
+            return
+        if status < 400:
+            method = access_log.info
+        elif status < 500:
+            method = access_log.warning
+        else:
+            method = access_log.error
+        elapsed = 1000.0 * handler.request.request_time()
+        method("%d %s %.2fms", status, handler._request_summary(), elapsed)
+
+    return log_function

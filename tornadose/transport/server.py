@@ -30,6 +30,8 @@ from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
+from . import refusals
+
 __all__ = ["DEFAULT_BACKLOG", "listen", "make_server"]
 
 logger = logging.getLogger("tornadose.server")
@@ -106,7 +108,22 @@ class _Server(HTTPServer):
             if self._tornadose_nodelay and not _listen_nodelay(sock):
                 self._tornadose_nodelay = False
             self._sockets[sock.fileno()] = sock
-            self._handlers[sock.fileno()] = accept_loop(sock, self._handle_connection)
+            self._handlers[sock.fileno()] = accept_loop(sock, self._accept)
+
+    def _accept(self, connection: socket.socket, address: Any) -> None:
+        # Within the descriptor headroom a connection is answered 503 straight on its
+        # socket: no request, no handler, no access-log record (the refusal is counted
+        # and summarized per cause).
+        settings = getattr(self.request_callback, "settings", {})
+        if refusals.near_limit(connection.fileno(), settings.get("tornadose_fd_headroom")):
+            refusals.refused(
+                "open-files headroom", "connection",
+                f"RLIMIT_NOFILE={refusals.open_files_limit()}",
+                settings.get("tornadose_refusal_log_interval", refusals.DEFAULT_INTERVAL),
+            )
+            refusals.shed(connection)
+            return
+        self._handle_connection(connection, address)
 
 
 def accept_loop(

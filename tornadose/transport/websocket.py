@@ -29,7 +29,7 @@ from typing import Any
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketProtocol13
 
-from .rawstream import RawStream, take_over
+from .rawstream import RawStream, can_take_over, take_over
 from .wsproto import CLOSE, PING, PONG, FrameReader, ProtocolError, close_frame, control_frame
 
 __all__ = ["CLOSE_TIMEOUT", "Handshake", "WebSocketStream"]
@@ -182,19 +182,33 @@ class Handshake:
         handler.set_header("Upgrade", "websocket")
         handler.set_header("Connection", "Upgrade")
         handler.set_header("Sec-WebSocket-Accept", WebSocketProtocol13.compute_accept_value(key))
-        handler.finish()
-        # Right after finish(), as Tornado does: before its connection reads on.
-        handler._track(handler.request.connection.stream)
-        stream = handler.detach()
+        request = handler.request
+        stream = request.connection.stream
+        if _plain_upgrade(handler) and can_take_over(stream):
+            # The 101 in one send() on the socket already taken from Tornado: writing it
+            # through Tornado costs a future, its callbacks and a loop iteration.
+            head = _head(handler)
+            handler._track(stream)
+            handler.detach()
+            handler._headers_written = True
+            handler._log_opened()
+            taken = take_over(stream, WebSocketStream)
+            assert taken is not None  # can_take_over() said so, and nothing ran since
+            taken[0].send(head)
+        else:
+            handler.finish()
+            # Right after finish(), as Tornado does: before its connection reads on.
+            handler._track(stream)
+            stream = handler.detach()
+            if stream.writing():
+                try:
+                    await stream.write(b"")  # the 101 must be out before the socket moves
+                except StreamClosedError:
+                    return
+            taken = take_over(stream, WebSocketStream)
         handler.ws_connection = None
-        if stream.writing():
-            try:
-                await stream.write(b"")  # the 101 must be out before the socket moves
-            except StreamClosedError:
-                return
-        taken = take_over(stream, WebSocketStream)
-        if taken is None:  # the client left during the handshake
-            if not stream.closed():
+        if taken is None or taken[0].closed():  # the client left during the handshake
+            if taken is None and not stream.closed():
                 stream.close()
             return
         ws, read_ahead = taken
@@ -216,3 +230,27 @@ class Handshake:
         ws.start_reading()
         if read_ahead:
             ws._received(read_ahead)
+
+
+def _plain_upgrade(handler: Any) -> bool:
+    """Whether the 101 is one :func:`_head` writes as Tornado would: an HTTP/1.1
+    request that does not ask to close, no cookie to set."""
+    request = handler.request
+    tokens = ",".join(request.headers.get_list("Connection")).lower()
+    return (
+        request.version == "HTTP/1.1"
+        and "close" not in (t.strip() for t in tokens.split(","))
+        and "_new_cookie" not in handler.__dict__
+    )
+
+
+def _head(handler: Any) -> bytes:
+    """The status line and headers Tornado writes for the handler's 101 response
+    (``RequestHandler.finish``: no representation headers on a 1xx; then
+    ``HTTP1Connection.write_headers``: no chunking on a 1xx)."""
+    headers = handler._headers
+    for name in ("Content-Encoding", "Content-Language", "Content-Type"):
+        headers.pop(name, None)
+    lines = [f"HTTP/1.1 101 {handler._reason}"]
+    lines.extend(f"{name}: {value}" for name, value in headers.get_all())
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin1")

@@ -11,10 +11,9 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from tornado.web import RequestHandler
-
 from ..transport import http as _http
 from ..transport.rawstream import can_take_over
+from .admission import Admission
 
 __all__ = ["Detaching"]
 
@@ -80,7 +79,7 @@ class Detaching:
         # Tornado logs a request when it finishes; a detached stream is logged as it
         # opens, as Tornado logs a WebSocket's upgrade. Formatting the line is skipped
         # when nothing would write it (the usual production setting).
-        if type(self)._log is not RequestHandler._log or _http.logs_success(self.application):
+        if type(self)._log is not Admission._log or _http.logs_success(self.application):
             self._log()
 
     def _set_nodelay(self, stream: Any) -> None:

@@ -21,6 +21,7 @@ from ..core.frames import ws_text_frame
 from ..pubsub.names import TopicError, TopicNameError, UnknownTopicError, check_topic_name
 from ..pubsub.registry import TopicRegistry
 from ..pubsub.topic import Topic
+from ..transport import refusals
 from .sse import EventSource
 from .websocket import WebSocketSubscriber, _ws_header_size
 
@@ -224,6 +225,10 @@ class TopicWebSocketSubscriber(_TopicHandler, WebSocketSubscriber):
         rate = self.settings.get("tornadose_ws_requests_per_second",
                                  DEFAULT_WS_REQUESTS_PER_SECOND)
         if rate and not self._within_rate(rate):
+            refusals.refused(
+                "request rate", "WebSocket request", f"at most {rate:g} per second",
+                self.settings.get("tornadose_refusal_log_interval", refusals.DEFAULT_INTERVAL),
+            )
             self._refuse(f"too many requests: at most {rate:g} per second", limit=rate)
             return None
         try:
