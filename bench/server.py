@@ -233,7 +233,7 @@ class NoDelayHTTPServer(tornado.httpserver.HTTPServer):
 
 
 async def serve(port: int, transport: str, capacity: int, nodelay: bool = False,
-                topics: int = 0, metrics: bool = False) -> None:
+                topics: int = 0, metrics: bool = False, shed_port: int = 0) -> None:
     kwargs = {"capacity": capacity} if capacity and "backend" in vars(tornadose) else {}
     if topics:
         # Only this package has topics (not the reference, tornadose 0.4.1).
@@ -277,6 +277,12 @@ async def serve(port: int, transport: str, capacity: int, nodelay: bool = False,
     else:  # the reference, tornadose 0.4.1
         server = tornado.httpserver.HTTPServer(app)
     server.add_sockets(tornado.netutil.bind_sockets(port, "127.0.0.1", backlog=4096))
+    if shed_port:
+        # The same subscriber routes, on a server that is always within its descriptor
+        # headroom: every connection is refused (bench/shed.py).
+        shed_app = tornado.web.Application(subscriber, tornadose_fd_headroom=1 << 30)
+        shedding = tornadose.make_server(shed_app)
+        shedding.add_sockets(tornado.netutil.bind_sockets(shed_port, "127.0.0.1", backlog=4096))
     await asyncio.Event().wait()
 
 
@@ -291,6 +297,9 @@ def main() -> None:
                         help="TCP_NODELAY on accepted sockets (SSE only; a diagnostic)")
     parser.add_argument("--metrics", action="store_true",
                         help="install tornadose.metrics and serve /metrics (this package only)")
+    parser.add_argument("--shed-port", type=int, default=0,
+                        help="also serve, on this port, a server that refuses every "
+                             "connection at accept (this package only; bench/shed.py)")
     parser.add_argument("--topics", type=int, default=0,
                         help="topics mode: a TopicRegistry(QueueStore) of T topics S000.. "
                              "(this package only; 0: one QueueStore)")
@@ -301,7 +310,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     print(f"bench.server: {json.dumps(provenance())}", file=sys.stderr, flush=True)
     asyncio.run(serve(args.port, args.transport, args.capacity, args.nodelay, args.topics,
-                      args.metrics))
+                      args.metrics, args.shed_port))
 
 
 if __name__ == "__main__":

@@ -246,7 +246,7 @@ def storm(port, n, expect, timeout):
     }
 
 
-def admission(port, n, timeout, hold):
+def admission(port, n, timeout, hold, status=200):
     stop = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.append(True))
@@ -290,9 +290,9 @@ def admission(port, n, timeout, hold):
                 continue
             entry[1] += data
             if b"\r\n\r\n" in entry[1]:
-                status = entry[1][:entry[1].find(b"\r\n")]
-                if status.split(b" ", 2)[1:2] != [b"200"]:
-                    errors.append(f"status {status!r}")
+                line = entry[1][:entry[1].find(b"\r\n")]
+                if line.split(b" ", 2)[1:2] != [b"%d" % status]:
+                    errors.append(f"status {line!r}")
                 else:
                     heads[fd] = clock()
                 entry[1] = b""
@@ -327,11 +327,13 @@ def main():
     parser.add_argument("--admission", action="store_true")
     parser.add_argument("--hold", action="store_true",
                         help="admission: keep the connections open until SIGTERM")
+    parser.add_argument("--status", type=int, default=200,
+                        help="admission: the status every head must have (503: refusals)")
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if args.admission:
-        admission(args.port, args.connections, args.timeout, args.hold)
+        admission(args.port, args.connections, args.timeout, args.hold, args.status)
     else:
         print(json.dumps(storm(args.port, args.connections, args.expect, args.timeout)),
               flush=True)

@@ -384,3 +384,20 @@ def test_admission_ratio_is_the_median_of_paired_rounds():
     doc["records"][1]["repeats_us_per_subscriber"] = [498.0]  # unpaired
     report.add_ratios(doc)
     assert doc["records"][0]["x_bare"] == pytest.approx(564.2 / 498.0)
+
+
+def test_shed_against_admission_reports_its_ratio():
+    """``python -m bench.shed`` at a tiny size: both bursts answered (503s at accept,
+    200s admitted), the ratio and the target in the report. No timing assertion."""
+    env = dict(os.environ)
+    env.pop("TORNADOSE_NO_EXTENSIONS", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.shed", "-n", "20", "--rounds", "1",
+         "--contender", "python"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    (one,) = result["rounds"]
+    assert one["refused"]["answered"] == one["admitted"]["answered"] == 20
+    assert result["ratio"] > 0 and result["target"] == 0.3

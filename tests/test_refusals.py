@@ -284,3 +284,19 @@ async def test_entitlement_refusals_can_be_kept_out_of_the_access_log(serve, cap
     assert access == [("WARNING", "404")]
     denied.close_fin()
     missing.close_fin()
+
+
+async def test_prometheus_counts_refusals_by_cause(shedding_server):
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from tornadose.metrics import install
+
+    port, _ = shedding_server
+    registry = CollectorRegistry()
+    install(registry)
+    (await RawSSEClient.connect("127.0.0.1", port, "/sse")).close_fin()
+    text = generate_latest(registry).decode()
+    (line,) = [x for x in text.splitlines()
+               if x.startswith('tornadose_refused_total{cause="open-files headroom"}')]
+    assert float(line.split()[-1]) == refusals.counts()["open-files headroom"] >= 1

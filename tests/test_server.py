@@ -95,7 +95,6 @@ async def test_out_of_descriptors_the_server_backs_off_and_recovers():
         _, stderr = await asyncio.wait_for(proc.communicate(), 20)
     log = stderr.decode()
     records = [r for r in log.splitlines() if re.match(r"(WARNING|ERROR|CRITICAL):", r)]
-    print("RECORDS", len(records), records[:3], "BUSY", busy)
     assert busy < 0.6, f"server used {busy:.0%} of a core during the flood"
     assert 1 <= len(records) <= 20, log[-3000:]
     assert "RLIMIT_NOFILE=512" in records[0]

@@ -15,7 +15,6 @@ socket, before any request or handler exists, and :func:`open_files_limit` and
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import random
 import resource
@@ -127,6 +126,16 @@ def near_limit(fd: int, headroom: int | None = None) -> bool:
 
 
 _SHED_BODY = b"server busy: too close to its open-files limit\n"
+# The whole answer, one per Retry-After from 2 to 10 s (jittered, so that refused
+# clients do not all come back at once), built once.
+_SHED_ANSWERS = tuple(
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\nRetry-After: %d\r\nConnection: close\r\n\r\n%b"
+    % (len(_SHED_BODY), retry, _SHED_BODY)
+    for retry in range(2, 11)
+)
+# A just-accepted socket is blocking; each call says it must not wait (no fcntl pair).
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 # How long a shed connection may take to send its request and read the answer before
 # its socket is closed anyway (closing with its request unread would reset it, and
 # the client could lose the 503).
@@ -136,44 +145,55 @@ SHED_LINGER = 1.0
 def shed(sock: socket.socket, io_loop: IOLoop | None = None) -> None:
     """Answer a just-accepted connection with ``503 Service Unavailable`` (a jittered
     ``Retry-After``, ``Connection: close``) in one ``send()``, without building a
-    request, then read and discard what it sends until it closes (at most
-    :data:`SHED_LINGER` seconds) so that the close is not a reset. Never raises."""
-    head = (
-        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        b"Content-Length: %d\r\nRetry-After: %d\r\nConnection: close\r\n\r\n"
-        % (len(_SHED_BODY), random.randint(2, 10))
-    )
+    request, and close it once its request is read: closing with bytes of it unread
+    would reset the connection, and the client could lose the answer. When the request
+    has not arrived yet, the socket waits for it (at most :data:`SHED_LINGER` seconds,
+    or until the client closes). Never raises."""
     try:
-        sock.setblocking(False)
-        sock.send(head + _SHED_BODY)
+        if not _DONTWAIT:
+            sock.setblocking(False)
+        sock.send(_SHED_ANSWERS[int(random.random() * len(_SHED_ANSWERS))], _DONTWAIT)
+        if _read_request(sock, b""):
+            sock.close()  # the usual case in a storm: the request came with the connection
+            return
         sock.shutdown(socket.SHUT_WR)
     except OSError:
         sock.close()
         return
     loop = io_loop or IOLoop.current()
     fd = sock.fileno()
-    state: list[Any] = [None]
+    state: list[Any] = [None, b""]
 
     def done() -> None:
         if state[0] is not None:
             loop.remove_timeout(state[0])
             state[0] = None
-        try:
-            loop.remove_handler(fd)
-        except (KeyError, ValueError):
-            pass
+        loop.remove_handler(fd)
         sock.close()
 
     def readable(_fd: Any, _events: int) -> None:
         try:
-            while sock.recv(4096):
-                pass
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                return
-        done()
+            state[1] = _read_request(sock, state[1])
+        except OSError:
+            state[1] = True  # gone (EOF, reset): nothing left to wait for
+        if state[1] is True:
+            done()
 
     loop.add_handler(fd, readable, IOLoop.READ)
     state[0] = loop.call_later(SHED_LINGER, done)
+
+
+def _read_request(sock: socket.socket, tail: bytes) -> Any:
+    """Read what ``sock`` has; ``True`` once the end of the request's head went by (or
+    the peer closed), else the last bytes read (the end may straddle two reads). Raises
+    ``OSError`` for a reset."""
+    while True:
+        try:
+            data = sock.recv(4096, _DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return tail
+        if not data:
+            return True
+        tail = tail[-3:] + data
+        if b"\r\n\r\n" in tail:
+            return True
