@@ -229,3 +229,19 @@ def test_full_socket_hands_the_rest_to_iostream_and_catches_up(impl, pairs, loop
 
     assert loop.run_until_complete(asyncio.wait_for(read_all(), 10)) == b"".join(frames)
     assert fan.writes == 2 and fan.position(sink) == 6
+
+
+def test_a_latest_value_evicted_within_its_turn_still_reaches_live_connections(impl, pairs):
+    """Six topics each get a value in one turn, on a log of four entries: the values of
+    the first two are evicted before the flush, yet they are those topics' current
+    values, and a live connection to them gets each once."""
+    log = impl.ring.TopicRing(4, 1 << 20, 0, True)
+    topics = [impl.ring.TopicState(name) for name in "ABCDEF"]
+    engine = type("Fanout", (FanoutPaths, impl.fanout.FanoutCore), {"__slots__": ()})(log, True)
+    stream, peer = pairs()
+    sink = impl.fanout.Sink(stream, impl.fanout.FORMAT_SSE, lambda: pytest.fail("lapped"))
+    engine.add(sink, (topics[0], topics[5]), None)
+    for topic in topics:
+        log.add_entry(b"%s;" % topic.name.encode(), b"", topic)
+    engine.flush()
+    assert recv_exactly(peer, 4) == b"A;F;" and nothing_pending(peer)
