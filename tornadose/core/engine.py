@@ -22,6 +22,7 @@ from typing import Any
 
 from tornado.iostream import StreamClosedError
 
+from ._fanout_py import _chunk
 from .drain import drained, timed_out, wait_for_drain
 from .fanout import FORMAT_SSE_CHUNKED, FORMAT_WS, FanoutCore, Sink
 from .ring import SSE, WS, TopicState
@@ -223,7 +224,7 @@ class FanoutPaths:
             return
         data = b"".join(frames)
         if sink.format == FORMAT_SSE_CHUNKED:
-            data = b"%x\r\n%b\r\n" % (len(data), data)
+            data = _chunk(data)
         try:
             self.write_raw(sink, data)  # type: ignore[attr-defined]
         except StreamClosedError:
