@@ -51,7 +51,11 @@ def extensions() -> list:
     from setuptools import Extension
 
     modules = [
-        Extension("tornadose.core." + os.path.splitext(os.path.basename(src))[0], [src])
+        Extension(
+            "tornadose.core." + os.path.splitext(os.path.basename(src))[0],
+            [src],
+            include_dirs=["_speedups"],  # tdeflate.h
+        )
         for src in sources
     ]
     return cythonize(

@@ -44,7 +44,8 @@ cdef class Sink:
     every entry of its topics before the fan-out's ``flushed`` mark; one that is not
     live has everything of its topics before ``cursor`` and is caught up when its stream
     drains. ``deliver``, when given, replaces raw writes (called with the list of
-    pending frames); ``on_drop`` must close the connection; ``written`` is set on every
+    pending frames); ``codec``, when given, packs every write (the connection's
+    compressed stream); ``on_drop`` must close the connection; ``written`` is set on every
     write; ``pending`` and ``mark`` are scratch space of one flush.
     """
 
@@ -61,6 +62,7 @@ cdef class Sink:
     cdef public long long mark
     cdef public bint live
     cdef public long long skipped
+    cdef public object codec
     # For direct writes: the stream's socket object (identity tells the stream is still
     # open, so the cached fd cannot belong to a newer connection), its fd, and Tornado's
     # write buffer (whose ``_size`` tells whether the IOStream has bytes pending).
@@ -68,7 +70,7 @@ cdef class Sink:
     cdef int fd
     cdef object wbuf
 
-    def __init__(self, stream, int format, on_drop, deliver=None):
+    def __init__(self, stream, int format, on_drop, deliver=None, codec=None):
         if format not in (FORMAT_SSE, FORMAT_SSE_CHUNKED, FORMAT_WS):
             raise ValueError(f"unknown sink format {format!r}")
         self.stream = stream
@@ -76,6 +78,7 @@ cdef class Sink:
         self.cursor = 0
         self.on_drop = on_drop
         self.deliver = deliver
+        self.codec = codec
         self.waiting = False
         self.written = False
         self.timer = None
@@ -179,6 +182,15 @@ cdef bytes _join_frames(list frames, bint chunked):
         dst[0] = b'\r'
         dst[1] = b'\n'
     return out
+
+
+cdef bytes _packed(Sink sink, list frames):
+    """``frames`` through the sink's codec (its compressed stream), inside one HTTP
+    chunk when its body is chunked."""
+    cdef bytes data = sink.codec.pack(frames)
+    if sink.format == _F_SSE_CHUNKED:
+        return _chunk(data)
+    return data
 
 
 cdef class FanoutCore:
@@ -304,10 +316,14 @@ cdef class FanoutCore:
             self.writes += 1
             sink.written = True
             fmt = sink.format
-            if sink.deliver is not None:
+            if sink.deliver is not None or sink.codec is not None:
+                # Per connection: its own codec's stream, or its own delivery.
                 if frames[fmt] is None:
                     frames[fmt] = ring.frames(_WS if fmt == _F_WS else _SSE, first)
-                sink.deliver(frames[fmt])
+                if sink.deliver is not None:
+                    sink.deliver(frames[fmt])
+                else:
+                    self._put(sink, _packed(sink, <list>frames[fmt]))
                 continue
             found = joined[fmt]
             if found is None:
@@ -364,6 +380,9 @@ cdef class FanoutCore:
         if sink.deliver is not None:
             sink.deliver(frames)
             return 0
+        if sink.codec is not None:
+            self._put(sink, _packed(sink, frames))
+            return 0
         self._put(sink, _join_frames(frames, sink.format == _F_SSE_CHUNKED))
         return 0
 
@@ -378,7 +397,14 @@ cdef class FanoutCore:
                 if not sink.stream.closed():
                     sink.deliver([ws])
                 return
+            if sink.codec is not None:
+                if not sink.stream.closed():
+                    self.write_raw(sink, _packed(sink, [ws]))
+                return
             self.write_raw(sink, ws)
+        elif sink.codec is not None:
+            if not sink.stream.closed():
+                self.write_raw(sink, _packed(sink, [sse]))
         elif sink.format == _F_SSE_CHUNKED:
             self.write_raw(sink, _chunk(sse))
         else:

@@ -21,6 +21,7 @@ import codecs
 import re
 import socket
 import struct
+import zlib
 from dataclasses import dataclass
 
 __all__ = ["Event", "SSEParser", "ChunkedDecoder", "RawSSEClient", "encode_event"]
@@ -333,7 +334,9 @@ class RawSSEClient:
         self.reset_by_server = False
         self.body_complete = False
         self.closed_locally = False
-        self.bytes_received = 0  # body bytes after de-framing
+        self.bytes_received = 0  # body bytes after de-framing (compressed, if gzip)
+        # Content-Encoding: gzip: the body is decoded with zlib (an independent decoder)
+        self.gunzip: zlib._Decompress | None = None
         self._chunked: ChunkedDecoder | None = None
         self._length_left: int | None = None
         self._leftover: list[Event] = []
@@ -431,6 +434,8 @@ class RawSSEClient:
             self._length_left = int(self.headers["content-length"])
         if self._length_left == 0:
             self.body_complete = True
+        if self.headers.get("content-encoding", "").lower() == "gzip":
+            self.gunzip = zlib.decompressobj(16 + zlib.MAX_WBITS)
 
     # -- state -------------------------------------------------------------
 
@@ -475,6 +480,8 @@ class RawSSEClient:
             else:
                 body = raw
             self.bytes_received += len(body)
+            if self.gunzip is not None:
+                body = self.gunzip.decompress(body)
             if body:
                 return body
 

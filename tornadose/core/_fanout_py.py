@@ -16,7 +16,7 @@ for both backends, in :mod:`tornadose.core.engine`.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from tornado.iostream import IOStream
 
@@ -36,7 +36,10 @@ class Sink:
     socket was full, it is resuming) has everything of its topics before ``cursor`` and
     is caught up when its stream drains. ``deliver``, when given, replaces raw writes:
     it is called with the list of pending frames (where frames cannot go out as built,
-    e.g. Tornado's WebSocket protocol with compression). ``on_drop`` is called when the
+    e.g. Tornado's WebSocket protocol with compression). ``codec``, when given, is the
+    connection's compressed stream (a :class:`~tornadose.core.deflate.Deflater`, shared
+    by every sink of the connection): each write is packed through it, in the order
+    the bytes go out. ``on_drop`` is called when the
     fan-out drops the connection (lapped, or stalled past the write timeout); it must
     close the connection. ``written`` is set on every write, for heartbeats to tell idle
     streams. ``pending`` and ``mark`` are scratch space of one flush.
@@ -44,7 +47,7 @@ class Sink:
 
     __slots__ = (
         "stream", "format", "cursor", "on_drop", "deliver", "waiting", "send", "written",
-        "timer", "topics", "pending", "mark", "live", "skipped",
+        "timer", "topics", "pending", "mark", "live", "skipped", "codec",
     )
 
     def __init__(
@@ -53,6 +56,7 @@ class Sink:
         format: int,
         on_drop: Callable[[], None],
         deliver: Callable[[list[bytes]], None] | None = None,
+        codec: Any = None,
     ) -> None:
         if format not in (FORMAT_SSE, FORMAT_SSE_CHUNKED, FORMAT_WS):
             raise ValueError(f"unknown sink format {format!r}")
@@ -61,6 +65,7 @@ class Sink:
         self.cursor = 0
         self.on_drop = on_drop
         self.deliver = deliver
+        self.codec = codec
         self.waiting = False
         self.written = False
         self.timer: object | None = None
@@ -85,6 +90,19 @@ class Sink:
 
 def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def _wire(sink: Sink, frames: list[bytes]) -> bytes:
+    """``frames`` as the bytes of one write to ``sink``: compressed through its codec
+    when it has one, inside one HTTP chunk when its body is chunked."""
+    codec = sink.codec
+    if codec is not None:
+        data = codec.pack(frames)
+    else:
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+    if sink.format == FORMAT_SSE_CHUNKED:
+        data = _chunk(data)
+    return data
 
 
 # What _send did with the bytes.
@@ -225,10 +243,14 @@ class FanoutCore:
             self.writes += 1
             sink.written = True
             fmt = sink.format
-            if sink.deliver is not None:
+            if sink.deliver is not None or sink.codec is not None:
+                # Per connection: its own codec's stream, or its own delivery.
                 if frames[fmt] is None:
                     frames[fmt] = ring.frames(WS if fmt == FORMAT_WS else SSE, first)
-                sink.deliver(frames[fmt])  # type: ignore[arg-type]
+                if sink.deliver is not None:
+                    sink.deliver(frames[fmt])  # type: ignore[arg-type]
+                else:
+                    self._put(sink, _wire(sink, frames[fmt]))  # type: ignore[arg-type]
                 continue
             data = joined[fmt]
             if data is None:
@@ -270,10 +292,7 @@ class FanoutCore:
         if sink.deliver is not None:
             sink.deliver(frames)
             return
-        data = frames[0] if len(frames) == 1 else b"".join(frames)
-        if sink.format == FORMAT_SSE_CHUNKED:
-            data = _chunk(data)
-        self._put(sink, data)
+        self._put(sink, _wire(sink, frames))
 
     def write_extra(self, sink: Sink, sse: bytes, ws: bytes | None) -> None:
         """Write one frame that is not in the log (a notice, a heartbeat) to ``sink``
@@ -286,11 +305,12 @@ class FanoutCore:
                 if not sink.stream.closed():
                     sink.deliver([ws])
                 return
-            self.write_raw(sink, ws)
-        elif sink.format == FORMAT_SSE_CHUNKED:
-            self.write_raw(sink, _chunk(sse))
+            frame = ws
         else:
-            self.write_raw(sink, sse)
+            frame = sse
+        if sink.codec is not None and sink.stream.closed():
+            return  # nothing to pack for
+        self.write_raw(sink, _wire(sink, [frame]))
 
     def write_raw(self, sink: Sink, data: bytes) -> None:
         """Write ``data``, already in the sink's wire format, after anything queued for

@@ -1,4 +1,4 @@
-"""Pick the implementation of the hot paths (frames, ring, fanout), once, at import time.
+"""Pick the hot paths' implementation (frames, ring, fanout, deflate) once, at import time.
 
 The compiled modules (built from ``_speedups/*.pyx``) are used when all of them import;
 otherwise every hot path uses its pure-Python twin. Mixing is never done: one backend
@@ -35,7 +35,7 @@ def _pick() -> tuple[str, str | None]:
     if NO_EXTENSIONS:
         return "python", "TORNADOSE_NO_EXTENSIONS is set"
     try:
-        from . import _fanout_c, _frames_c, _ring_c  # noqa: F401
+        from . import _deflate_c, _fanout_c, _frames_c, _ring_c  # noqa: F401
     except ImportError as exc:
         # A normal situation on machines without a compiler; the reason matters
         # only to someone who expected the compiled backend.

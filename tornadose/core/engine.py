@@ -22,9 +22,9 @@ from typing import Any
 
 from tornado.iostream import StreamClosedError
 
-from ._fanout_py import _chunk
+from ._fanout_py import _wire
 from .drain import drained, timed_out, wait_for_drain
-from .fanout import FORMAT_SSE_CHUNKED, FORMAT_WS, FanoutCore, Sink
+from .fanout import FORMAT_WS, FanoutCore, Sink
 from .ring import SSE, WS, TopicState
 
 __all__ = ["Fanout", "FanoutPaths", "Sink"]
@@ -222,11 +222,8 @@ class FanoutPaths:
         if sink.deliver is not None:
             sink.deliver(frames)
             return
-        data = b"".join(frames)
-        if sink.format == FORMAT_SSE_CHUNKED:
-            data = _chunk(data)
         try:
-            self.write_raw(sink, data)  # type: ignore[attr-defined]
+            self.write_raw(sink, _wire(sink, frames))  # type: ignore[attr-defined]
         except StreamClosedError:
             pass
 

@@ -29,6 +29,7 @@ from typing import Any
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketProtocol13
 
+from .permessage import Agreement
 from .rawstream import RawStream, can_take_over, take_over
 from .wsproto import CLOSE, PING, PONG, FrameReader, ProtocolError, close_frame, control_frame
 
@@ -162,14 +163,17 @@ class WebSocketStream(RawStream):
 
 class Handshake:
     """What ``WebSocketHandler.get()`` takes for a protocol object on the detached path:
-    it answers the upgrade like Tornado's ``WebSocketProtocol13`` (no extension, no
-    subprotocol), hands the socket to a :class:`WebSocketStream` and opens the handler.
-    The handler's ``ws_connection`` is None once this returns."""
+    it answers the upgrade like Tornado's ``WebSocketProtocol13`` (no subprotocol; the
+    permessage-deflate ``agreement``, when given, in ``Sec-WebSocket-Extensions``),
+    hands the socket to a :class:`WebSocketStream` (which then decodes compressed
+    messages) and opens the handler. The handler's ``ws_connection`` is None once
+    this returns."""
 
-    __slots__ = ("selected_subprotocol",)
+    __slots__ = ("selected_subprotocol", "agreement")
 
-    def __init__(self) -> None:
+    def __init__(self, agreement: Agreement | None = None) -> None:
         self.selected_subprotocol = None
+        self.agreement = agreement
 
     async def accept_connection(self, handler: Any) -> None:
         key = handler.request.headers.get("Sec-Websocket-Key")
@@ -182,6 +186,8 @@ class Handshake:
         handler.set_header("Upgrade", "websocket")
         handler.set_header("Connection", "Upgrade")
         handler.set_header("Sec-WebSocket-Accept", WebSocketProtocol13.compute_accept_value(key))
+        if self.agreement is not None:
+            handler.set_header("Sec-WebSocket-Extensions", self.agreement.response)
         request = handler.request
         stream = request.connection.stream
         if _plain_upgrade(handler) and can_take_over(stream):
@@ -215,6 +221,7 @@ class Handshake:
         assert isinstance(ws, WebSocketStream)
         ws.owner = handler
         ws._reader.max_size = handler.max_message_size
+        ws._reader.inflate = self.agreement is not None
         handler._raw = ws
         try:
             opened = handler.open(*handler.open_args, **handler.open_kwargs)

@@ -3,9 +3,10 @@
 A subscriber's WebSocket mostly writes; what it reads is small and rare: control frames
 (ping, pong, close) and, for topic sockets, subscribe requests. :class:`FrameReader`
 takes bytes as they arrive and returns whole messages and control frames, enforcing
-what a server must (RFC 6455 section 5): client frames masked, no reserved bits (no
-extension is negotiated on this path), known opcodes, control frames unfragmented and
-at most 125 bytes, continuation frames only inside a fragmented message, a size limit
+what a server must (RFC 6455 section 5): client frames masked, no reserved bits (but
+RSV1 on the first frame of a message once permessage-deflate is agreed: that message
+is decoded, see :mod:`~tornadose.transport.permessage`), known opcodes, control
+frames unfragmented and at most 125 bytes, continuation frames only inside a fragmented message, a size limit
 on messages (checked from the frame header, before any payload is buffered), text
 valid UTF-8, close codes that may be sent. A violation raises :class:`ProtocolError`
 carrying the close code to answer with.
@@ -14,6 +15,8 @@ carrying the close code to answer with.
 from __future__ import annotations
 
 import struct
+
+from .permessage import InflateError, inflate
 
 __all__ = [
     "BINARY", "CLOSE", "PING", "PONG", "TEXT",
@@ -53,10 +56,15 @@ class FrameReader:
     ``PING``/``PONG`` with their ``bytes``, ``CLOSE`` with ``(code, reason)`` (code
     1005 when the frame carries none)."""
 
-    __slots__ = ("max_size", "_buffer", "_fragments", "_opcode", "_fragmented")
+    __slots__ = (
+        "max_size", "inflate", "_buffer", "_fragments", "_opcode", "_fragmented", "_compressed",
+    )
 
-    def __init__(self, max_size: int) -> None:
+    def __init__(self, max_size: int, inflate: bool = False) -> None:
         self.max_size = max_size
+        #: permessage-deflate agreed: RSV1 marks a compressed message.
+        self.inflate = inflate
+        self._compressed = False
         # Appended to in place: a client trickling a large frame in small pieces costs
         # amortized linear copying, not quadratic.
         self._buffer = bytearray()
@@ -75,8 +83,14 @@ class FrameReader:
             first, second = buf[pos], buf[pos + 1]
             fin = first & 0x80
             opcode = first & 0x0F
+            compressed = False
             if first & 0x70:
-                raise ProtocolError(1002, "reserved bits set: no extension was negotiated")
+                if (
+                    first & 0x70 != 0x40 or not self.inflate
+                    or opcode in _CONTROL or opcode == CONTINUATION
+                ):
+                    raise ProtocolError(1002, "reserved bits set that no extension agreed to")
+                compressed = True
             if not second & 0x80:
                 raise ProtocolError(1002, "client frames must be masked")
             if opcode not in _DATA and opcode not in _CONTROL:
@@ -114,18 +128,29 @@ class FrameReader:
                     whole = b"".join(self._fragments)
                     self._fragments = None
                     self._fragmented = 0
+                    if self._compressed:
+                        whole = self._inflate(whole)
                     events.append(self._message(self._opcode, whole))
             else:
                 if self._fragments is not None:
                     raise ProtocolError(1002, "new message inside a fragmented message")
                 if fin:
+                    if compressed:
+                        payload = self._inflate(payload)
                     events.append(self._message(opcode, payload))
                 else:
                     self._opcode = opcode
+                    self._compressed = compressed
                     self._fragments = [payload]
                     self._fragmented = length
         del buf[:pos]
         return events
+
+    def _inflate(self, payload: bytes) -> bytes:
+        try:
+            return inflate(payload, self.max_size)
+        except InflateError as exc:
+            raise ProtocolError(exc.code, exc.reason) from None
 
     @staticmethod
     def _message(opcode: int, payload: bytes) -> tuple[int, object]:

@@ -27,6 +27,7 @@ from ..pubsub import store as stores
 from ..transport import http as _http
 from ..transport.rawstream import RawStream
 from .admission import Admission
+from .compress import Compressing
 from .detach import Detaching
 from .origins import Origins
 
@@ -42,7 +43,7 @@ _DISCONNECTED = (StreamClosedError, WebSocketClosedError)
 _OVERRIDES: dict[tuple[type, type, tuple[str, ...]], bool] = {}
 
 
-class BaseHandler(Admission, Origins, Detaching, RequestHandler):
+class BaseHandler(Admission, Origins, Detaching, Compressing, RequestHandler):
     """Base class for subscriber handlers.
 
     Custom handlers subclass this and implement :meth:`publish`; :meth:`initialize`
@@ -188,10 +189,11 @@ class BaseHandler(Admission, Origins, Detaching, RequestHandler):
         subclass of ``base`` overrides how messages are published."""
         return not self._overrides(base, "publish", "submit")
 
-    def _attach(self, stream: Any, format: int, deliver: Any = None) -> None:
-        """Give every target a cursor (a Sink) on ``stream``: the fast path."""
+    def _attach(self, stream: Any, format: int, deliver: Any = None, codec: Any = None) -> None:
+        """Give every target a cursor (a Sink) on ``stream``: the fast path. A
+        ``codec`` (the connection's compressed stream) is shared by all of them."""
         for _, subscriber in self._targets:
-            subscriber._tornadose_sink = Sink(stream, format, self._lapped, deliver)
+            subscriber._tornadose_sink = Sink(stream, format, self._lapped, deliver, codec)
 
     def _resume_from(self, last_event_id: str | None) -> None:
         """Set where each target starts; the store decides from the id (see

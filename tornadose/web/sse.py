@@ -41,7 +41,9 @@ class EventSource(BaseHandler):
 
     Each message is one SSE event with an ``id:`` field and one ``data:`` line per line
     of the message, so no message can break framing or inject fields. The response is
-    never compressed or buffered by nginx (``X-Accel-Buffering: no``). The client going
+    not buffered by nginx (``X-Accel-Buffering: no``) and, with compression enabled
+    (``tornadose_compression`` or ``compression``) for a client that accepts gzip, one
+    gzip stream flushed at every write. The client going
     away is a normal end: the handler deregisters at once and logs nothing above DEBUG.
 
     A client that reconnects with ``Last-Event-ID`` (the header, or a ``last_event_id``
@@ -62,12 +64,17 @@ class EventSource(BaseHandler):
         heartbeat_interval: float | None = None,
         retry: int | None = None,
         allowed_origins: Sequence[str] | str | None = None,
+        compression: Any = None,
     ) -> None:
-        """Bind to ``store``; registration happens once the stream is open. Raises
-        ``TypeError`` for ``allowed_origins`` that are not ``"*"`` or origins."""
+        """Bind to ``store``; registration happens once the stream is open.
+        ``compression`` overrides the ``tornadose_compression`` setting (see
+        :mod:`tornadose.web.compress`). Raises ``TypeError`` for ``allowed_origins``
+        that are not ``"*"`` or origins, ``TypeError``/``ValueError`` for a bad
+        ``compression``."""
         self._bind(store)
         self._init_stream(heartbeat_interval, retry)
         self._set_origins(allowed_origins)
+        self._set_compression(compression)
 
     _chunked = False  # a detached stream's body is chunked (HTTP/1.1)
 
@@ -96,8 +103,8 @@ class EventSource(BaseHandler):
         headers["Content-Type"] = "text/event-stream"
         headers["Cache-Control"] = "no-cache"
         headers["X-Accel-Buffering"] = "no"
-        # Output transforms (gzip) cannot apply to frames written straight to the
-        # socket, and compressing a live stream only adds latency.
+        # Tornado's output transforms (its gzip) cannot apply to frames written straight
+        # to the socket; compression is the connection's own stream (see _sse_codec).
         self._transforms = []
         retry = (
             self._retry
@@ -110,6 +117,11 @@ class EventSource(BaseHandler):
             if jitter:
                 retry *= random.uniform(1 - jitter, 1 + jitter)
             hint = b"retry: %d\n\n" % max(1, round(retry))
+        fast = self._fast_path(EventSource)
+        # Compression is the fast path's: a handler publishing itself writes as before.
+        codec = self._sse_codec() if fast else None
+        if codec is not None and hint:
+            hint = codec.pack([hint])
         detach = self._detachable(EventSource) and self._plain_response()
         if detach:
             stream = self._open_detached(hint)
@@ -129,8 +141,8 @@ class EventSource(BaseHandler):
                 return
             self._set_nodelay(stream)
             chunked = getattr(connection, "_chunking_output", self.request.version == "HTTP/1.1")
-        if detach or self._fast_path(EventSource):  # detachable implies the fast path
-            self._attach(stream, FORMAT_SSE_CHUNKED if chunked else FORMAT_SSE)
+        if detach or fast:  # detachable implies the fast path
+            self._attach(stream, FORMAT_SSE_CHUNKED if chunked else FORMAT_SSE, None, codec)
             self._resume_from(self._last_event_id())
             self._schedule_heartbeat()
         self._subscribe()
@@ -194,12 +206,19 @@ class EventSource(BaseHandler):
         already gone."""
         self._resolve()
         raw = self._raw
+        codec = self._codec
         if raw is not None:
             self.on_finish()  # as Tornado's finish() would
-            raw.end(b"0\r\n\r\n" if self._chunked else b"")  # the terminating chunk
+            # A compressed body ends its gzip stream (last block, CRC-32, size) last.
+            tail = codec.finish() if codec is not None else b""
+            if self._chunked:
+                tail = (b"%x\r\n%b\r\n" % (len(tail), tail) if tail else b"") + b"0\r\n\r\n"
+            raw.end(tail)  # with the terminating chunk
             return
         if not self._finished:
             try:
+                if codec is not None:
+                    self.write(codec.finish())
                 self.finish()
             except Exception:  # the connection is already gone: nothing to end
                 logger.debug("%r: could not finish", self, exc_info=True)

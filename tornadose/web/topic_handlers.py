@@ -123,8 +123,8 @@ class _TopicHandler:
             return False
         return True
 
-    def _attach(self, stream: Any, format: int, deliver: Any = None) -> None:
-        self._tornadose_sink = Sink(stream, format, self._lapped, deliver)
+    def _attach(self, stream: Any, format: int, deliver: Any = None, codec: Any = None) -> None:
+        self._tornadose_sink = Sink(stream, format, self._lapped, deliver, codec)
 
     def _unsubscribe(self) -> None:
         super()._unsubscribe()  # type: ignore[misc]
@@ -158,11 +158,14 @@ class TopicEventSource(_TopicHandler, EventSource):
         heartbeat_interval: float | None = None,
         retry: int | None = None,
         allowed_origins: Sequence[str] | str | None = None,
+        compression: Any = None,
     ) -> None:
-        """Bind to ``registry``; the topics are read from the request."""
+        """Bind to ``registry``; the topics are read from the request. ``compression``
+        as for :class:`EventSource`."""
         self._bind_registry(registry)
         self._init_stream(heartbeat_interval, retry)
         self._set_origins(allowed_origins)
+        self._set_compression(compression)
 
     def prepare(self) -> None:
         if self.request.method != "OPTIONS" and self._resolve_topics():
@@ -205,11 +208,16 @@ class TopicWebSocketSubscriber(_TopicHandler, WebSocketSubscriber):
         return TopicWebSocketSubscriber
 
     def initialize(  # type: ignore[override]
-        self, registry: TopicRegistry, allowed_origins: Sequence[str] | str | None = None
+        self,
+        registry: TopicRegistry,
+        allowed_origins: Sequence[str] | str | None = None,
+        compression: Any = None,
     ) -> None:
-        """Bind to ``registry``; the topics are read from the request."""
+        """Bind to ``registry``; the topics are read from the request. ``compression``
+        as for :class:`WebSocketSubscriber`."""
         self._bind_registry(registry)
         self._set_origins(allowed_origins)
+        self._set_compression(compression)
 
     def prepare(self) -> None:
         if self._resolve_topics(allow_empty=True):

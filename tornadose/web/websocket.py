@@ -9,6 +9,7 @@ from typing import Any
 from tornado.escape import json_encode
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
+from ..core.deflate import WEBSOCKET, Deflater
 from ..core.fanout import FORMAT_WS
 from ..core.frames import encode_message, ws_data_body
 from ..pubsub import store as stores
@@ -34,17 +35,26 @@ class WebSocketSubscriber(BaseHandler, WebSocketHandler):
     client, or first gets ``{"id": ..., "event": "tornadose-gap", "data": {...}}``.
     Messages sent by the client are ignored (the socket is subscribe-only); one larger
     than ``websocket_max_message_size`` (default here 64 KiB) closes the connection.
-    Pings follow Tornado's ``websocket_ping_interval`` setting. With per-message
-    compression negotiated, frames go out through Tornado's ``write_message``
-    (compressed per connection); otherwise pre-built frames are written as they are.
+    Pings follow Tornado's ``websocket_ping_interval`` setting. With
+    ``tornadose_compression`` (or ``compression``) enabled and offered by the client,
+    frames are compressed with permessage-deflate, one stream per connection (see
+    :mod:`tornadose.web.compress`). A subclass that turns on Tornado's own compression
+    (``get_compression_options``) gets Tornado's protocol and ``write_message`` path.
     """
 
+    _ws_deflate: Any = None  # the permessage-deflate agreement of this upgrade
+
     def initialize(
-        self, store: stores.BaseStore, allowed_origins: Sequence[str] | str | None = None
+        self,
+        store: stores.BaseStore,
+        allowed_origins: Sequence[str] | str | None = None,
+        compression: Any = None,
     ) -> None:
-        """Bind to ``store``; registration happens once the WebSocket is open."""
+        """Bind to ``store``; registration happens once the WebSocket is open.
+        ``compression`` overrides the ``tornadose_compression`` setting."""
         self._bind(store)
         self._set_origins(allowed_origins)
+        self._set_compression(compression)
 
     def prepare(self) -> None:
         self._reserve()
@@ -84,7 +94,9 @@ class WebSocketSubscriber(BaseHandler, WebSocketHandler):
             and self.get_compression_options() is None
             and self._detachable(self._detach_base)
         ):
-            return Handshake()
+            agreement = self._ws_agreement() if self._fast_path(WebSocketSubscriber) else None
+            self._ws_deflate = agreement
+            return Handshake(agreement)
         return super().get_websocket_protocol()
 
     def open(self, *args: Any, **kwargs: Any) -> None:
@@ -99,7 +111,14 @@ class WebSocketSubscriber(BaseHandler, WebSocketHandler):
         self._set_nodelay(stream)
         if self._fast_path(WebSocketSubscriber):
             compressed = getattr(connection, "_compressor", None) is not None
-            self._attach(stream, FORMAT_WS, self._write_frames if compressed else None)
+            codec = None
+            agreement, self._ws_deflate = self._ws_deflate, None
+            options = self._compression() if agreement is not None else None
+            if options is not None and self._raw is not None:
+                codec = Deflater(
+                    WEBSOCKET, agreement.window_bits, options.mem_level, agreement.context
+                )
+            self._attach(stream, FORMAT_WS, self._write_frames if compressed else None, codec)
             self._resume_from(self.get_query_argument("last_event_id", None, strip=False) or None)
         self._subscribe()
         if self._raw is not None:
