@@ -242,7 +242,7 @@ def c_client():
         return None
     C_BUILD.mkdir(parents=True, exist_ok=True)
     tmp = exe.with_name(f"{exe.name}.{os.getpid()}.tmp")
-    done = subprocess.run([*cc.split(), "-O2", "-o", str(tmp), str(C_SOURCE)],
+    done = subprocess.run([*cc.split(), "-O2", "-o", str(tmp), str(C_SOURCE), "-lz"],
                           capture_output=True, text=True)
     if done.returncode != 0:
         print(f"bench.client: building the C client failed, using Python:\n{done.stderr}",

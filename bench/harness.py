@@ -209,7 +209,7 @@ class Client:
     else :mod:`bench.client` (the same report)."""
 
     def __init__(self, port, transport, n, expect, timeout, sample_every=0, stalled=0,
-                 hold=False, topics=0, topics_per_conn=0):
+                 hold=False, topics=0, topics_per_conn=0, compress=False):
         args = ["--port", str(port), "--transport", transport, "-n", str(n),
                 "--expect", str(expect), "--timeout", str(timeout),
                 "--sample-every", str(sample_every), "--stalled", str(stalled)]
@@ -217,7 +217,11 @@ class Client:
             args.append("--hold")
         if topics:
             args += ["--topics", str(topics), "--topics-per-conn", str(topics_per_conn)]
+        if compress:
+            args.append("--compress")  # the C client only
         exe = loadclient.c_client()
+        if compress and not exe:
+            raise BenchError("--compress needs the C load client: a C compiler and zlib.h")
         self.stamps = None
         if exe:
             fd, self.stamps = tempfile.mkstemp(prefix="bench-stamps-", dir=RESULTS)

@@ -6,7 +6,7 @@
  *
  *   loadclient --port P --transport sse|ws -n N --expect M [--timeout S]
  *              [--sample-every K] [--stalled S] [--stalled-rcvbuf B] [--hold]
- *              [--stamps FILE] [--topics T --topics-per-conn K]
+ *              [--stamps FILE] [--topics T --topics-per-conn K] [--compress]
  *
  * SSE: counts "\ndata:" in the de-chunked body (the body starts a line). WebSocket:
  * counts final data frames walking the frame headers. Sampled connections also scan
@@ -18,6 +18,12 @@
  * connection checks per topic that its ticks are exactly t, t + T, t + 2T, ... in
  * order (anything else, and ticks still missing at the end, is disorder) and counts
  * frames that arrive after a later tick of another topic ("sampled_reordered").
+ *
+ * --compress asks for compression (SSE: Accept-Encoding: gzip; WebSocket: an offer of
+ * permessage-deflate). A gzip'd SSE body is inflated (zlib) before events are counted;
+ * compressed WebSocket frames are counted from their headers and inflated, with
+ * context, on sampled connections (whose stamps are read from the inflated bytes).
+ * "wire_bytes" reports the body bytes received, after the response heads.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -34,6 +40,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <fcntl.h>
+#include <zlib.h>
 
 #define RECV_SIZE (128 * 1024)
 #define TAIL 48
@@ -63,6 +70,9 @@ typedef struct {
     /* topics mode, sampled: per topic the next tick expected (-1: not subscribed) */
     long long *topic_next;
     long long max_seq, reordered;
+    /* compression: gzip'd SSE body, or permessage-deflate frames (RSV1) */
+    int gzip, deflate, zready, zframe;
+    z_stream z;
 } Sub;
 
 static int n_topics = 0, topics_per_conn = 0;
@@ -147,14 +157,44 @@ static long long count_data(Sub *s, const unsigned char *p, size_t n) {
     return found;
 }
 
+static void take_stamps(Sub *s, const unsigned char *data, size_t n, int64_t now);
+static long long wire_bytes = 0;
+static unsigned char zout[256 * 1024];
+
+/* Inflate n compressed bytes of s's stream; the output is counted (SSE) and, on
+ * sampled connections, scanned for stamps. Returns -1 on a decoding error. */
+static int inflate_some(Sub *s, const unsigned char *p, size_t n, const char **err) {
+    s->z.next_in = (unsigned char *)p;
+    s->z.avail_in = (unsigned)n;
+    do {
+        s->z.next_out = zout;
+        s->z.avail_out = sizeof zout;
+        int rc = inflate(&s->z, Z_SYNC_FLUSH);
+        if (rc != Z_OK && rc != Z_BUF_ERROR && rc != Z_STREAM_END) {
+            *err = "compressed stream does not decode";
+            return -1;
+        }
+        size_t out = sizeof zout - s->z.avail_out;
+        if (s->gzip) s->frames += count_data(s, zout, out);
+        if (s->sampled && out) take_stamps(s, zout, out, now_ns());
+        if (rc == Z_BUF_ERROR || rc == Z_STREAM_END) break;
+    } while (s->z.avail_in > 0 || s->z.avail_out == 0);
+    return 0;
+}
+
+static int sse_payload(Sub *s, const unsigned char *p, size_t n, const char **err) {
+    if (!s->gzip) { s->frames += count_data(s, p, n); return 0; }
+    return inflate_some(s, p, n, err);
+}
+
 /* returns -1 on protocol error (message set) */
 static int feed_sse(Sub *s, const unsigned char *p, size_t n, const char **err) {
     size_t i = 0;
-    if (!s->chunked) { s->frames += count_data(s, p, n); return 0; }
+    if (!s->chunked) return sse_payload(s, p, n, err);
     while (i < n) {
         if (s->cstate == 1) {
             size_t take = (long long)(n - i) < s->chunk_left ? n - i : (size_t)s->chunk_left;
-            s->frames += count_data(s, p + i, take);
+            if (sse_payload(s, p + i, take, err) < 0) return -1;
             s->chunk_left -= take; i += take;
             if (s->chunk_left == 0) { s->cstate = 2; s->crlf_left = 2; }
         } else if (s->cstate == 2) {
@@ -183,12 +223,18 @@ static int feed_sse(Sub *s, const unsigned char *p, size_t n, const char **err) 
     return 0;
 }
 
+static const unsigned char WS_TRAILER[4] = {0x00, 0x00, 0xff, 0xff};
+
 static int feed_ws(Sub *s, const unsigned char *p, size_t n, const char **err) {
     size_t i = 0;
     for (;;) {
         if (s->skip) {
-            if ((long long)(n - i) < s->skip) { s->skip -= n - i; return 0; }
-            i += s->skip; s->skip = 0;
+            long long take = (long long)(n - i) < s->skip ? (long long)(n - i) : s->skip;
+            if (s->zframe && inflate_some(s, p + i, (size_t)take, err) < 0) return -1;
+            s->skip -= take; i += take;
+            if (s->skip) return 0;
+            if (s->zframe && inflate_some(s, WS_TRAILER, 4, err) < 0) return -1;
+            s->zframe = 0;
         }
         /* gather a header */
         while (i < n && s->hdr_len < 2) s->hdr[s->hdr_len++] = p[i++];
@@ -206,8 +252,15 @@ static int feed_ws(Sub *s, const unsigned char *p, size_t n, const char **err) {
         int opcode = s->hdr[0] & 0x0f;
         if (opcode == 8) { *err = "WebSocket closed by the server"; return -1; }
         if ((s->hdr[0] & 0x80) && opcode <= 2) s->frames++;
+        if ((s->hdr[0] & 0x40) && !s->deflate) { *err = "RSV1 without permessage-deflate"; return -1; }
+        /* sampled connections inflate what they read the stamps from */
+        s->zframe = (s->hdr[0] & 0x40) && s->sampled;
         s->hdr_len = 0;
         s->skip = length;
+        if (s->zframe && !length) {
+            if (inflate_some(s, WS_TRAILER, 4, err) < 0) return -1;
+            s->zframe = 0;
+        }
         if (i >= n && !s->skip) return 0;
     }
 }
@@ -282,6 +335,15 @@ static int parse_head(Sub *s, const char *transport, const unsigned char *p, siz
     /* lower-case search for chunked */
     for (char *c = s->head; c < end; c++) if (*c >= 'A' && *c <= 'Z') *c += 32;
     s->chunked = strstr(s->head, "transfer-encoding: chunked") != NULL;
+    s->gzip = strstr(s->head, "content-encoding: gzip") != NULL;
+    s->deflate = strstr(s->head, "sec-websocket-extensions: permessage-deflate") != NULL;
+    if (s->gzip || s->deflate) {
+        if (inflateInit2(&s->z, s->gzip ? 16 + 15 : -15) != Z_OK) {
+            *err = "inflateInit2 failed";
+            return -1;
+        }
+        s->zready = 1;
+    }
     s->in_body = 1;
     s->cstate = 0; s->chunk_left = -1; s->crlf_left = 0;
     s->match = 1;  /* the body starts a line */
@@ -290,7 +352,7 @@ static int parse_head(Sub *s, const char *transport, const unsigned char *p, siz
 
 int main(int argc, char **argv) {
     const char *host = "127.0.0.1", *transport = "sse", *stamps_path = NULL;
-    int port = 0, n = 0, sample_every = 0, stalled = 0, rcvbuf = 1024, hold = 0;
+    int port = 0, n = 0, sample_every = 0, stalled = 0, rcvbuf = 1024, hold = 0, compress = 0;
     long long expect = 0;
     double timeout = 600;
     for (int i = 1; i < argc; i++) {
@@ -306,6 +368,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--stalled-rcvbuf")) { rcvbuf = atoi(v); i++; }
         else if (!strcmp(a, "--stamps")) { stamps_path = v; i++; }
         else if (!strcmp(a, "--hold")) { hold = 1; }
+        else if (!strcmp(a, "--compress")) { compress = 1; }
         else if (!strcmp(a, "--topics")) { n_topics = atoi(v); i++; }
         else if (!strcmp(a, "--topics-per-conn")) { topics_per_conn = atoi(v); i++; }
         else { fprintf(stderr, "loadclient: unknown argument %s\n", a); return 2; }
@@ -347,13 +410,14 @@ int main(int argc, char **argv) {
         }
         if (is_sse)
             len = snprintf(request, sizeof request,
-                           "GET %s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n\r\n",
-                           path, host, port);
+                           "GET %s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n%s\r\n",
+                           path, host, port, compress ? "Accept-Encoding: gzip, deflate\r\n" : "");
         else
             len = snprintf(request, sizeof request,
                            "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                           path, host, port);
+                           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n%s\r\n",
+                           path, host, port,
+                           compress ? "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" : "");
         if (send(fd, request, len, 0) != len) { perror("send"); return 2; }
         Sub *s = &subs[i];
         s->fd = fd;
@@ -398,6 +462,7 @@ int main(int argc, char **argv) {
                     if (parse_head(s, transport, buf, got, &used, &err) == 0) off = used;
                 }
                 if (!err && s->in_body && off < (size_t)got) {
+                    wire_bytes += got - off;
                     if (is_sse) feed_sse(s, buf + off, got - off, &err);
                     else feed_ws(s, buf + off, got - off, &err);
                 }
@@ -409,7 +474,8 @@ int main(int argc, char **argv) {
                 if (before < expect) pending--;
                 continue;
             }
-            if (s->sampled) take_stamps(s, buf, got, now_ns());  /* every byte: stamps straddle */
+            /* every byte: stamps straddle (compressed streams: the inflated bytes, above) */
+            if (s->sampled && !s->zready) take_stamps(s, buf, got, now_ns());
             if (s->frames > before) {
                 t_last = now_ns();
                 if (!t_first) t_first = t_last;
@@ -449,6 +515,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < n_errors_distinct; i++) printf("%s\"%s\"", i ? ", " : "", errors[i]);
     printf("], \"error_count\": %lld, \"cpu_s\": %.6f, \"cpu_connected_s\": %.6f, ", error_count, cpu,
            cpu_connected);
+    printf("\"wire_bytes\": %lld, ", wire_bytes);
     if (t_first) printf("\"t_first\": %.9f, \"t_last\": %.9f, ", t_first / 1e9, t_last / 1e9);
     else printf("\"t_first\": null, \"t_last\": null, ");
     printf("\"sampled_connections\": %d, \"sampled_disorder\": %lld, \"sampled_seen\": %lld, "

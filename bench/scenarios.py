@@ -76,14 +76,19 @@ def _delivery_fields(report, t0, cpu, client_cpu0, expected):
         "client_cpu_s": client_cpu,
         "client_busy": client_cpu / wall if wall and client_cpu is not None else None,
         "latency": report["latency"],
+        "wire_bytes": report.get("wire_bytes"),
         "notes": notes,
     }
 
 
-def throughput(contender, transport, n, m, per_iter, size=90, cap=120.0):
-    """Server CPU per delivery for M messages, ``per_iter`` per loop iteration."""
-    with Session(contender, transport) as session:
-        client = session.client(n, m, timeout=cap + 600, sample_every=max(1, n // 10))
+def throughput(contender, transport, n, m, per_iter, size=90, cap=120.0, server_args=(),
+               compress=False):
+    """Server CPU per delivery for M messages, ``per_iter`` per loop iteration.
+    ``server_args`` go to bench/server.py; ``compress`` makes the client ask for
+    compression (bench/compression.py)."""
+    with Session(contender, transport, server_args) as session:
+        client = session.client(n, m, timeout=cap + 600, sample_every=max(1, n // 10),
+                                compress=compress)
         session.wait_subscribers(n)
         time.sleep(0.2)
         cpu0, client_cpu0 = session.cpu(), client.cpu()
@@ -106,7 +111,7 @@ def throughput(contender, transport, n, m, per_iter, size=90, cap=120.0):
 
 
 def topics(contender, transport, n, m, per_iter, n_topics=500, per_conn=50, size=90,
-           cap=120.0):
+           cap=120.0, server_args=(), compress=False):
     """Server CPU per delivery for a market feed: N connections, connection i subscribed
     to the ``per_conn`` topics ``(i + (n_topics // per_conn) * k) % n_topics`` (its own
     URL, ``?topics=S000,S010,...``); M ticks, tick j to topic ``S%03d % (j % n_topics)``,
@@ -116,9 +121,9 @@ def topics(contender, transport, n, m, per_iter, n_topics=500, per_conn=50, size
         raise BenchError(f"topics: {per_conn} topics per connection must divide {n_topics} "
                          f"topics, which must divide {m} ticks")
     expect = per_conn * m // n_topics
-    with Session(contender, transport, ["--topics", str(n_topics)]) as session:
+    with Session(contender, transport, ["--topics", str(n_topics), *server_args]) as session:
         client = session.client(n, expect, timeout=cap + 600, sample_every=max(1, n // 10),
-                                topics=n_topics, topics_per_conn=per_conn)
+                                topics=n_topics, topics_per_conn=per_conn, compress=compress)
         session.wait_subscribers(n)
         time.sleep(0.2)
         stats0 = session.stats()

@@ -64,10 +64,31 @@ from tornadose.stores import QueueStore
 HANDLERS = {"sse": EventSource, "ws": WebSocketSubscriber}
 
 
-def payload(seq: int, t_ns: int, size: int) -> str:
+def padded(seq: int, t_ns: int, size: int) -> str:
     """The benchmark message: ``00000042 @<t_ns>@ xxx...`` of ``size`` characters."""
     head = f"{seq:08d} @{t_ns}@ "
     return head + "x" * max(0, size - len(head))
+
+
+_OPEN = [round(10 + (i * 7919 % 59000) / 100, 2) for i in range(500)]
+_PRICE = list(_OPEN)
+
+
+def tick(seq: int, t_ns: int, size: int = 0) -> dict:
+    """A market tick (``--ticks``): what compression is measured on, since padding
+    compresses to nothing. ~110 bytes of JSON: the stamp (as in :func:`padded`), the
+    symbol of topic ``seq % 500``, and a price walking by a few cents per tick, with
+    its open, change and percent change."""
+    sym = seq % 500
+    opened = _OPEN[sym]
+    step = ((seq * 2654435761) >> 9) % 21 - 10  # -10..10 cents, spread like a hash
+    price = _PRICE[sym] = round(max(1.0, _PRICE[sym] + step / 100), 2)
+    change = round(price - opened, 2)
+    return {"stamp": f"{seq:08d} @{t_ns}@", "symbol": f"S{sym:03d}", "price": price,
+            "open": opened, "change": change, "pct": round(change / opened * 100, 2)}
+
+
+payload = padded
 
 
 def raise_nofile_limit() -> None:
@@ -154,6 +175,7 @@ class BurstHandler(ControlHandler):
         rate = float(self.get_argument("rate", "0"))
         clock = time.monotonic_ns
         end = start + messages
+        make = payload
         t0 = clock()
         if self.registry is not None:
             # Topics mode: tick seq goes to topic seq % T.
@@ -162,7 +184,7 @@ class BurstHandler(ControlHandler):
             count = len(names)
             for first in range(start, end, per_iter):
                 for seq in range(first, min(end, first + per_iter)):
-                    submit_to(names[seq % count], payload(seq, clock(), size))
+                    submit_to(names[seq % count], make(seq, clock(), size))
                 ahead = (t0 + (first + per_iter - start) * 1e9 / rate - clock()) if rate else 0
                 await asyncio.sleep(max(0.0, ahead / 1e9))
             self.write({"submitted": messages})
@@ -170,7 +192,7 @@ class BurstHandler(ControlHandler):
         submit = self.store.submit
         for first in range(start, end, per_iter):
             for seq in range(first, min(end, first + per_iter)):
-                submit(payload(seq, clock(), size))
+                submit(make(seq, clock(), size))
             ahead = (t0 + (first + per_iter - start) * 1e9 / rate - clock()) if rate else 0
             await asyncio.sleep(max(0.0, ahead / 1e9))
         self.write({"submitted": messages})
@@ -233,7 +255,8 @@ class NoDelayHTTPServer(tornado.httpserver.HTTPServer):
 
 
 async def serve(port: int, transport: str, capacity: int, nodelay: bool = False,
-                topics: int = 0, metrics: bool = False, shed_port: int = 0) -> None:
+                topics: int = 0, metrics: bool = False, shed_port: int = 0,
+                compress: bool = False) -> None:
     kwargs = {"capacity": capacity} if capacity and "backend" in vars(tornadose) else {}
     if topics:
         # Only this package has topics (not the reference, tornadose 0.4.1).
@@ -263,7 +286,8 @@ async def serve(port: int, transport: str, capacity: int, nodelay: bool = False,
             (r"/burst", BurstHandler, control),
             (r"/paced", PacedHandler, control),
             (r"/cut", CutHandler, control),
-        ]
+        ],
+        **({"tornadose_compression": True} if compress else {}),
     )
     if metrics:
         from tornadose.metrics import MetricsHandler, install
@@ -303,14 +327,23 @@ def main() -> None:
     parser.add_argument("--topics", type=int, default=0,
                         help="topics mode: a TopicRegistry(QueueStore) of T topics S000.. "
                              "(this package only; 0: one QueueStore)")
+    parser.add_argument("--compress", action="store_true",
+                        help="tornadose_compression=True: gzip'd SSE, permessage-deflate "
+                             "(this package only; bench/compression.py)")
+    parser.add_argument("--ticks", action="store_true",
+                        help="submit market ticks (JSON objects, see tick()) instead of "
+                             "padded text")
     args = parser.parse_args()
+    if args.ticks:
+        global payload
+        payload = tick
     if args.topics and not 1 <= args.topics <= 1000:
         parser.error("--topics must be 1..1000 (names S000..S999)")
     raise_nofile_limit()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     print(f"bench.server: {json.dumps(provenance())}", file=sys.stderr, flush=True)
     asyncio.run(serve(args.port, args.transport, args.capacity, args.nodelay, args.topics,
-                      args.metrics, args.shed_port))
+                      args.metrics, args.shed_port, args.compress))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ import struct
 import zlib
 
 import pytest
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+from tornado.web import Application, RequestHandler
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,8 +36,9 @@ from tornadose.topics import TopicRegistry
 from tornadose.transport.permessage import negotiate
 from tornadose.transport.wsproto import data_frame
 
-from .helpers import TornadoWS, wait_until
+from .helpers import LoopThread, TornadoWS, wait_until
 from .sseclient import RawSSEClient
+from .test_browser import launched_chromium
 
 TRAILER = b"\x00\x00\xff\xff"
 
@@ -210,6 +214,29 @@ async def test_gzip_sse_delivers_every_event_exactly_and_ends_the_member(serve):
     store.close()
     await client.read_until_closed()
     assert client.gunzip.eof, "the gzip member ended with its trailer (CRC-32 checked)"
+
+
+async def test_a_compressed_reader_that_falls_behind_catches_up_exactly(serve):
+    """The drain path: a client that stops reading while thousands of ticks go by (its
+    socket fills, the connection waits for its drain and is caught up from the log)
+    still decodes every event, in order, from one gzip stream."""
+    store = QueueStore(capacity=20_000)
+    port = await serve([(r"/sse", EventSource, {"store": store})], tornadose_compression=True)
+    slow = await RawSSEClient.connect("127.0.0.1", port, "/sse", headers=GZIP_HEADERS,
+                                      rcvbuf=4096, limit=4096)
+    await wait_until(lambda: len(store.subscribers) == 1, what="subscribed")
+    rnd = random.Random(6)
+    # Random hex does not compress: 6 MB, more than the socket buffers take.
+    sent = [{**tick(i, rnd), "noise": os.urandom(150).hex()} for i in range(20_000)]
+    for i in range(0, len(sent), 200):
+        for message in sent[i:i + 200]:
+            store.submit(message)
+        await asyncio.sleep(0)
+    (handler,) = store.subscribers
+    assert not handler._tornadose_sink.live, "the reader fell behind"
+    events = await slow.read_events(len(sent), timeout=60)
+    assert [json.loads(e.data) for e in events] == sent
+    slow.close_fin()
 
 
 async def test_without_accept_encoding_the_bytes_are_exactly_the_uncompressed_ones(serve):
@@ -458,3 +485,83 @@ async def test_a_compressed_message_over_the_limit_closes_with_1009(serve):
     first, payload = (await _read_frames(reader, 1))[0]
     assert first == 0x88 and struct.unpack("!H", payload[:2])[0] == 1009
     writer.close()
+
+
+# -- a real browser -------------------------------------------------------------------------
+
+
+class _Blank(RequestHandler):
+    def get(self) -> None:
+        self.finish('<!doctype html><link rel="icon" href="data:,"><title>compression</title>')
+
+
+class _CompressedServer(LoopThread):
+    """A page, a gzip'd SSE store and a permessage-deflate WebSocket on a loop of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store: QueueStore = self.call(QueueStore)
+        self.port = self.call(self._listen)
+
+    def _listen(self) -> int:
+        sockets = bind_sockets(0, "127.0.0.1")
+        app = Application([(r"/", _Blank), (r"/sse", EventSource, {"store": self.store}),
+                           (r"/ws", WebSocketSubscriber, {"store": self.store})],
+                          tornadose_compression=True)
+        self.server = HTTPServer(app)
+        self.server.add_sockets(sockets)
+        return sockets[0].getsockname()[1]
+
+    def codecs(self) -> list[str]:
+        return sorted(type(s.codec).__name__ + str(s.format) for s in self.store._fanout._sinks
+                      if s.codec is not None)
+
+    def stop(self) -> None:
+        async def close() -> None:
+            self.store.close()
+            self.server.stop()
+            await self.server.close_all_connections()
+
+        self.call(close)
+        self.close()
+
+
+def test_chromium_decodes_gzip_sse_and_permessage_deflate():
+    """Headless Chromium's EventSource (Accept-Encoding: gzip) and WebSocket (offering
+    permessage-deflate) receive exactly what was submitted, in order, both compressed."""
+    server = _CompressedServer()
+    try:
+        for browser in launched_chromium():
+            page = browser.new_page()
+            page.set_default_timeout(15_000)
+            page.goto(f"http://127.0.0.1:{server.port}/")
+            page.evaluate("""() => {
+                window.sse = []; window.ws = []; window.open = 0;
+                const es = new EventSource('/sse');
+                es.onopen = () => { window.open += 1; };
+                es.onmessage = (e) => {  // a str message is its own text on SSE
+                    try { window.sse.push(JSON.parse(e.data)); } catch { window.sse.push(e.data); }
+                };
+                const sock = new WebSocket(`ws://${location.host}/ws`);
+                sock.onopen = () => { window.open += 1; };
+                sock.onmessage = (e) => window.ws.push(JSON.parse(e.data).data);
+            }""")
+            page.wait_for_function("window.open === 2")
+            server.call(wait_until, lambda: len(server.store.subscribers) == 2)
+            assert len(server.codecs()) == 2, "both streams compressed"
+            rnd = random.Random(4)
+            sent = [tick(i, rnd) for i in range(300)] + ["x" * 70_000, "é\nline two"]
+
+            async def publish() -> None:
+                for i in range(0, len(sent), 25):
+                    for message in sent[i:i + 25]:
+                        server.store.submit(message)
+                    await asyncio.sleep(0.005)
+
+            server.call(publish)
+            page.wait_for_function(f"window.sse.length >= {len(sent)} && "
+                                   f"window.ws.length >= {len(sent)}")
+            assert page.evaluate("window.ws") == sent
+            assert page.evaluate("window.sse") == sent
+    finally:
+        server.stop()
