@@ -71,9 +71,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="rounds, interleaved")
     parser.add_argument("--transports", default="sse,ws")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("-n", "--connections", type=int, help="N of the topics and burst runs")
+    parser.add_argument("-m", "--ticks", type=int, help="M of the topics runs (500 divides it; "
+                        "the burst gets M/20)")
+    parser.add_argument("--memory-connections", type=int, help="N of the memory runs")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     n, m, mem_n = (300, 5000, 1000) if args.quick else (1000, 20000, 5000)
+    n = args.connections or n
+    m = args.ticks or m
+    mem_n = args.memory_connections or mem_n
     rows: list[dict] = []
     for round_ in range(args.repeat):
         for transport in args.transports.split(","):
@@ -108,8 +115,8 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = RESULTS / f"compression-{stamp}.json"
     out.write_text(json.dumps({"rows": rows, "summary": summary}, indent=1, default=str))
-    print(f"results: {out}")
     plot(summary, RESULTS / f"compression-{stamp}.png")
+    print(f"results: {out}")
 
 
 def summarize(rows: list[dict]) -> dict:

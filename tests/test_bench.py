@@ -401,3 +401,26 @@ def test_shed_against_admission_reports_its_ratio():
     (one,) = result["rounds"]
     assert one["refused"]["answered"] == one["admitted"]["answered"] == 20
     assert result["ratio"] > 0 and result["target"] == 0.3
+
+
+def test_compression_scenario_reports_bytes_cpu_and_memory():
+    """``python -m bench.compression`` at a tiny size: every run complete, plain and
+    compressed side by side, fewer bytes per tick compressed (the C load client
+    inflated and counted every event). No timing assertion."""
+    env = dict(os.environ)
+    env.pop("TORNADOSE_NO_EXTENSIONS", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.compression", "--contender", "python", "-n", "20",
+         "-m", "1000", "--memory-connections", "20"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = Path(done.stdout.strip().splitlines()[-1].removeprefix("results: "))
+    doc = json.loads(out.read_text())
+    runs = [r for r in doc["rows"] if r["kind"] != "memory"]
+    assert len(runs) == 12 and all(r["complete"] and not r["disorder"] for r in runs), runs
+    table = {(e["kind"], e["transport"], e.get("per_iter")): e for e in doc["summary"]["table"]}
+    for transport in ("sse", "ws"):
+        for per in (100, 10):
+            assert table[("topics", transport, per)]["bytes_ratio"] < 0.6
+        assert table[("memory", transport, None)]["kb_compressed"] > 0

@@ -175,7 +175,8 @@ def test_negotiation_follows_rfc_7692():
     plain = negotiate("permessage-deflate; client_max_window_bits", 11)
     assert plain.response == "permessage-deflate; client_no_context_takeover"
     assert (plain.window_bits, plain.context) == (11, True)
-    asked = negotiate("permessage-deflate; server_no_context_takeover; server_max_window_bits=10", 11)
+    asked = negotiate(
+        "permessage-deflate; server_no_context_takeover; server_max_window_bits=10", 11)
     assert asked.response == ("permessage-deflate; server_no_context_takeover; "
                               "client_no_context_takeover; server_max_window_bits=10")
     assert (asked.window_bits, asked.context) == (10, False)
@@ -304,6 +305,10 @@ async def test_topic_sse_is_compressed_across_topics(serve):
 # -- WebSocket over a real server ------------------------------------------------------------
 
 
+def ws_route(store):
+    return [(r"/ws", WebSocketSubscriber, {"store": store})]
+
+
 async def _raw_ws(port: int, path: str, extensions: str | None):
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     key = base64.b64encode(os.urandom(16)).decode()
@@ -338,7 +343,7 @@ def _masked(first: int, payload: bytes) -> bytes:
 
 async def test_raw_permessage_deflate_decodes_with_zlib_and_keeps_context(serve):
     store = QueueStore()
-    port = await serve([(r"/ws", WebSocketSubscriber, {"store": store})], tornadose_compression=True)
+    port = await serve(ws_route(store), tornadose_compression=True)
     reader, writer, head = await _raw_ws(port, "/ws", "permessage-deflate; client_max_window_bits")
     assert "Sec-Websocket-Extensions: permessage-deflate; client_no_context_takeover" in head
     await wait_until(lambda: len(store.subscribers) == 1, what="subscribed")
@@ -362,7 +367,7 @@ async def test_raw_permessage_deflate_decodes_with_zlib_and_keeps_context(serve)
 
 async def test_server_no_context_takeover_makes_every_message_stand_alone(serve):
     store = QueueStore()
-    port = await serve([(r"/ws", WebSocketSubscriber, {"store": store})], tornadose_compression=True)
+    port = await serve(ws_route(store), tornadose_compression=True)
     reader, writer, head = await _raw_ws(
         port, "/ws", "permessage-deflate; server_no_context_takeover; server_max_window_bits=9")
     assert "server_no_context_takeover" in head and "server_max_window_bits=9" in head
@@ -397,7 +402,7 @@ async def test_websockets_library_decodes_everything(serve, window):
     from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
     store = QueueStore()
-    port = await serve([(r"/ws", WebSocketSubscriber, {"store": store})], tornadose_compression=True)
+    port = await serve(ws_route(store), tornadose_compression=True)
     factory = ClientPerMessageDeflateFactory(
         server_max_window_bits=window, server_no_context_takeover=window is not None)
     async with connect(f"ws://127.0.0.1:{port}/ws", compression=None,
@@ -414,7 +419,7 @@ async def test_websockets_library_decodes_everything(serve, window):
 
 async def test_tornado_client_with_compression_decodes_everything(serve):
     store = DataStore(initial_data={"v": 0})
-    port = await serve([(r"/ws", WebSocketSubscriber, {"store": store})], tornadose_compression=True)
+    port = await serve(ws_route(store), tornadose_compression=True)
     client = await TornadoWS.connect(port, "/ws", compression_options={})
     await wait_until(lambda: len(store.subscribers) == 1, what="subscribed")
     (handler,) = store.subscribers
@@ -446,7 +451,8 @@ async def test_compressed_subscribe_requests_are_decoded(serve):
     body = (z.compress(b'{"subscribe": ["MSFT"]}') + z.flush(zlib.Z_SYNC_FLUSH))[:-4]
     writer.write(_masked(0x41, body[:5]) + _masked(0x80, body[5:]))
     decoder = zlib.decompressobj(-15)
-    replies = [json.loads(decoder.decompress(p + TRAILER)) for _, p in await _read_frames(reader, 2)]
+    frames = await _read_frames(reader, 2)
+    replies = [json.loads(decoder.decompress(p + TRAILER)) for _, p in frames]
     assert {r.get("event") for r in replies} == {"tornadose-subscribed", "MSFT"}, replies
     writer.close()
 
@@ -454,7 +460,7 @@ async def test_compressed_subscribe_requests_are_decoded(serve):
 @pytest.mark.allow_log_errors
 async def test_a_client_that_lies_gets_1007_and_nothing_else_breaks(serve):
     store = QueueStore()
-    port = await serve([(r"/ws", WebSocketSubscriber, {"store": store})], tornadose_compression=True)
+    port = await serve(ws_route(store), tornadose_compression=True)
     honest = await TornadoWS.connect(port, "/ws", compression_options={})
     reader, writer, _ = await _raw_ws(port, "/ws", "permessage-deflate")
     await wait_until(lambda: len(store.subscribers) == 2, what="subscribed")
