@@ -1,6 +1,6 @@
 """Compression scenario: bytes on the wire, server CPU and memory, compressed vs not.
 
-    python -m bench.compression            # the full run (about 5 minutes)
+    python -m bench.compression            # the full run (about 3 minutes a round)
     python -m bench.compression --quick    # N=300, fewer ticks, for a smoke test
 
 Every run serves market ticks (``bench/server.py --ticks``: ~110 bytes of JSON each,

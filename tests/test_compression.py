@@ -365,6 +365,27 @@ async def test_raw_permessage_deflate_decodes_with_zlib_and_keeps_context(serve)
     writer.close()
 
 
+async def test_resuming_a_dropped_compressed_websocket_is_exact(serve):
+    from websockets.asyncio.client import connect
+
+    store = QueueStore()
+    port = await serve(ws_route(store), tornadose_compression=True)
+    url = f"ws://127.0.0.1:{port}/ws"
+    first = await connect(url, compression="deflate")
+    await wait_until(lambda: len(store.subscribers) == 1, what="subscribed")
+    for i in range(50):
+        store.submit({"n": i})
+    seen = [json.loads(await asyncio.wait_for(first.recv(), 10)) for _ in range(30)]
+    first.transport.abort()  # dropped, not closed
+    await wait_until(lambda: not store.subscribers, what="dropped")
+    for i in range(50, 80):
+        store.submit({"n": i})
+    async with connect(f"{url}?last_event_id={seen[-1]['id']}", compression="deflate") as again:
+        assert "permessage-deflate" in again.response.headers["Sec-WebSocket-Extensions"]
+        rest = [json.loads(await asyncio.wait_for(again.recv(), 10)) for _ in range(50)]
+    assert [m["data"]["n"] for m in seen + rest] == list(range(80))
+
+
 async def test_server_no_context_takeover_makes_every_message_stand_alone(serve):
     store = QueueStore()
     port = await serve(ws_route(store), tornadose_compression=True)
