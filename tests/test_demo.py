@@ -128,3 +128,30 @@ async def test_demo_entitlements_mode():
                 if ("WARNING" in line or "ERROR" in line or "Traceback" in line)
                 and "tornado.access" not in line]
     assert not problems, stderr.decode()
+
+
+async def test_demo_compress_mode_serves_gzip_streams():
+    """--compress: a client that accepts gzip gets a gzip'd stream it decodes; one that
+    does not gets plain SSE; /stats says compression is on."""
+    demo = _demo("--interval", "0.02", "--compress")
+    port = demo.port
+    http = AsyncHTTPClient()
+    try:
+        gz = await RawSSEClient.connect(
+            "127.0.0.1", port, "/ticks/sse", headers={"Accept-Encoding": "gzip"})
+        assert gz.headers.get("content-encoding") == "gzip"
+        seqs = [json.loads(e.data)["seq"] for e in await gz.read_events(5)]
+        assert seqs == list(range(seqs[0], seqs[0] + 5))
+        plain = await RawSSEClient.connect("127.0.0.1", port, "/ticks/sse")
+        assert "content-encoding" not in plain.headers
+        assert "seq" in json.loads((await plain.read_events(1))[0].data)
+        stats = json.loads((await http.fetch(f"http://127.0.0.1:{port}/stats")).body)
+        assert stats["compression"] is True
+        gz.close_fin()
+        plain.close_fin()
+        await asyncio.sleep(0.1)
+    finally:
+        http.close()
+        demo.stop()
+    stderr = demo.logged()
+    assert b"Traceback" not in stderr and b"WARNING" not in stderr, stderr.decode()

@@ -53,6 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="server processes (default 1; more need --redis)",
     )
     parser.add_argument(
+        "--compress",
+        action="store_true",
+        help="compress every stream whose client accepts it (gzip SSE, permessage-deflate)",
+    )
+    parser.add_argument(
         "--entitlements",
         action="store_true",
         help="quotes and trades need ?user=pro (every symbol) or ?user=free (the first 10)",
@@ -142,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     port = sockets[0].getsockname()[1]
     how = f"{args.processes} processes, " if args.processes > 1 else ""
     via = f", feed through Redis at {args.redis}" if args.redis else ""
+    via += ", compressed streams" if args.compress else ""
     args.banner = (
         f"tornadose demo ({backend} backend, {how}{args.symbols} symbols, "
         f"{args.rate:g} ticks/s{via}): http://{args.address}:{port}/"
@@ -215,6 +221,7 @@ def serve(args: argparse.Namespace, sockets: list[socket.socket], feed: bool = T
             feed=feed,
             processes=args.processes,
             entitlements=args.entitlements,
+            compress=args.compress,
         )
         try:
             await demo.start()

@@ -73,6 +73,7 @@ class Demo:
         processes: int = 1,
         sse_retry: int = 1000,
         entitlements: bool = False,
+        compress: bool = False,
     ) -> None:
         self.symbols = symbols
         #: With entitlements: which symbols each demo user may see (see _Entitled).
@@ -108,7 +109,10 @@ class Demo:
         self._topic_stats: dict[str, dict[str, int]] = {}
         self._rates: dict[str, float] = {}
         self._sampler: PeriodicCallback | None = None
-        self.app = Application(self.routes(), sse_retry=sse_retry)
+        self.compress = compress
+        self.app = Application(
+            self.routes(), sse_retry=sse_retry, tornadose_compression=compress or None
+        )
 
     def routes(self) -> list[Any]:
         quotes, trades = {"registry": self.quotes}, {"registry": self.trades}
@@ -196,6 +200,7 @@ class Demo:
             "pid": os.getpid(),
             "processes": self.processes,
             "redis": self.redis is not None,
+            "compression": self.compress,
             "symbols": len(self.symbols),
             "rate": self.rate,
             # Connections: topic connections, plus subscribers of the plain streams
